@@ -1,0 +1,95 @@
+"""deepcore: multilayer perceptrons with swappable compute backends (NumPy, Numba, CuPy).
+
+`import deepcore` needs only NumPy: numba, cupy, tqdm, safetensors and scikit-learn are imported
+when first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import data, nn, optim
+from .backends import (
+    Backend,
+    available_backends,
+    get_backend,
+    get_default_backend,
+    set_default_backend,
+    use_backend,
+)
+from .errors import (
+    BackendMismatchError,
+    BackendUnavailableError,
+    CheckpointError,
+    DeepcoreError,
+    DtypeError,
+    NoGradientError,
+    NonFiniteError,
+    ShapeError,
+)
+from .random import get_rng, seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Backend",
+    "available_backends",
+    "get_backend",
+    "get_default_backend",
+    "set_default_backend",
+    "use_backend",
+    "seed",
+    "get_rng",
+    "to_numpy",
+    "set_num_threads",
+    "get_num_threads",
+    "fit",
+    "evaluate",
+    "predict",
+    "History",
+    "save",
+    "load",
+    "nn",
+    "optim",
+    "data",
+    "DeepcoreError",
+    "BackendUnavailableError",
+    "BackendMismatchError",
+    "ShapeError",
+    "DtypeError",
+    "NoGradientError",
+    "NonFiniteError",
+    "CheckpointError",
+]
+
+
+def to_numpy(x: Any) -> Any:
+    """A host NumPy copy of any backend array (a copy, so later steps cannot change it)."""
+    import numpy as np
+
+    if type(x).__module__.split(".")[0] == "cupy":
+        return x.get()
+    return np.array(x, copy=True)
+
+
+_LAZY = {
+    "fit": ("train", "fit"),
+    "evaluate": ("train", "evaluate"),
+    "predict": ("train", "predict"),
+    "History": ("train", "History"),
+    "save": ("io", "save"),
+    "load": ("io", "load"),
+    "set_num_threads": ("threads", "set_num_threads"),
+    "get_num_threads": ("threads", "get_num_threads"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Heavier parts load on first use, keeping `import deepcore` light.
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'deepcore' has no attribute {name!r}")

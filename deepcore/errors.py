@@ -1,0 +1,35 @@
+"""Exception types. Each names the layer, shape, dtype or backend at fault."""
+
+from __future__ import annotations
+
+
+class DeepcoreError(Exception):
+    """Base class of every error deepcore raises on purpose."""
+
+
+class BackendUnavailableError(DeepcoreError, RuntimeError):
+    """A backend was asked for that cannot run here (not installed, no device, ...)."""
+
+
+class BackendMismatchError(DeepcoreError, ValueError):
+    """Arrays (or parameters) of two different backends met in one call."""
+
+
+class ShapeError(DeepcoreError, ValueError):
+    """An array has a shape the layer or kernel cannot accept."""
+
+
+class DtypeError(DeepcoreError, TypeError):
+    """An array has a dtype the layer or kernel cannot accept (deepcore never upcasts silently)."""
+
+
+class NoGradientError(DeepcoreError, RuntimeError):
+    """Backward was called through an operation that has no gradient (e.g. a step function)."""
+
+
+class NonFiniteError(DeepcoreError, FloatingPointError):
+    """NaN or Inf found in input data or in the loss."""
+
+
+class CheckpointError(DeepcoreError, ValueError):
+    """A checkpoint file is truncated, corrupt, foreign, or does not fit the model."""

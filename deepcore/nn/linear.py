@@ -1,0 +1,111 @@
+"""Linear: y = x @ W.T + b, with W stored (out_features, in_features) as in PyTorch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..backends import Backend
+from ..backends.base import NEEDS_PREACTIVATION
+from ..errors import ShapeError
+from . import init
+from .module import Module, Parameter
+
+if TYPE_CHECKING:
+    from .activation import Activation
+
+
+class Linear(Module):
+    """Affine layer. Forward is one fused `backend.linear` call (GEMM + bias + optional
+    activation epilogue); backward is the fused activation/bias-gradient pass plus two GEMMs:
+    dW += dz.T @ x, dx = dz @ W."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        backend: str | Backend | None = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(backend=backend, dtype=dtype)
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        w, b = init.linear_default(out_features, in_features, self.dtype)
+        self.weight = Parameter(self.backend.asarray(w), self.backend)
+        self.bias = Parameter(self.backend.asarray(b), self.backend) if bias else None
+        self._cache_x: Any = None
+        self._cache_y: Any = None
+        self._cache_pre: Any = None
+
+    def forward(self, x: Any, activation: Activation | None = None) -> Any:
+        x = self._input(x, self.in_features)
+        be = self.backend
+        kind = activation.kind if activation is not None else "identity"
+        alpha = activation.alpha if activation is not None else 0.0
+        n = x.shape[0]
+        y = be.empty((n, self.out_features), self.dtype)
+        pre = be.empty((n, self.out_features), self.dtype) if kind in NEEDS_PREACTIVATION else None
+        b = self.bias.data if self.bias is not None else None
+        be.linear(x, self.weight.data, b, activation=kind, alpha=alpha, out=y, pre_out=pre)
+        if self.training:
+            self._cache_x, self._cache_y, self._cache_pre = x, y, pre
+        return y
+
+    def backward(
+        self,
+        grad_output: Any,
+        activation: Activation | None = None,
+        *,
+        need_input_grad: bool = True,
+    ) -> Any:
+        if self._cache_x is None:
+            raise RuntimeError(f"{self._label()}: backward called before a training-mode forward")
+        be = self.backend
+        dy = self._input(grad_output)
+        x, y, pre = self._cache_x, self._cache_y, self._cache_pre
+        if tuple(dy.shape) != tuple(y.shape):
+            raise ShapeError(
+                f"{self._label()}: grad_output has shape {tuple(dy.shape)}, "
+                f"expected {tuple(y.shape)}"
+            )
+        bias = self.bias if self.bias is not None and self.bias.requires_grad else None
+        if activation is not None and activation.kind != "identity":
+            if bias is not None:
+                dz, _ = be.activation_backward_bias_grad(
+                    activation.kind,
+                    dy,
+                    x=pre,
+                    y=y,
+                    alpha=activation.alpha,
+                    db_out=bias.grad_buffer(),
+                    accumulate_db=True,
+                )
+            else:
+                dz = be.activation_backward(activation.kind, dy, x=pre, y=y, alpha=activation.alpha)
+        else:
+            dz = dy
+            if bias is not None:
+                be.bias_grad(dz, out=bias.grad_buffer(), accumulate=True)
+        if self.weight.requires_grad:
+            be.gemm(dz, x, trans_a=True, beta=1.0, out=self.weight.grad_buffer())
+        if not need_input_grad:
+            return None
+        return be.gemm(dz, self.weight.data)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": "Linear",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+        }

@@ -1,0 +1,148 @@
+"""Losses. Each forward is one fused backend call returning the loss (a 0-d array on the
+backend; `float(loss)` reads it) and caching the gradient that `backward()` returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backends import Backend
+from ..errors import DtypeError, ShapeError
+from .module import Module
+
+
+class Loss(Module):
+    """Base: `loss = fn(input, target)`, then `fn.backward()` gives d(loss)/d(input)."""
+
+    def __init__(
+        self, reduction: str = "mean", *, backend: str | Backend | None = None, dtype: Any = None
+    ) -> None:
+        super().__init__(backend=backend, dtype=dtype)
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"{type(self).__name__}: reduction must be 'mean' or 'sum'")
+        self.reduction = reduction
+        self._cache_grad: Any = None
+
+    def __call__(self, input: Any, target: Any) -> Any:  # noqa: A002 - PyTorch's name
+        return self.forward(input, target)
+
+    def forward(self, input: Any, target: Any) -> Any:  # noqa: A002
+        logits = self._prediction(input)
+        target = self._target(target, logits)
+        loss, grad = self._fused(logits, target)
+        if self.reduction == "sum":
+            scale = float(self._count(logits))
+            loss = loss * logits.dtype.type(scale)
+            self.backend.scale_(grad, scale)
+        self._cache_grad = grad
+        return loss
+
+    def backward(self, grad_output: Any = None) -> Any:
+        """d(loss)/d(input), times grad_output (a float) when given."""
+        if self._cache_grad is None:
+            raise RuntimeError(f"{type(self).__name__}: backward called before forward")
+        grad = self._cache_grad
+        if grad_output is not None and float(grad_output) != 1.0:
+            grad = self.backend.mul(grad, grad.dtype.type(float(grad_output)))
+        return grad
+
+    def _prediction(self, input: Any) -> Any:  # noqa: A002
+        # The loss follows the dtype and backend of the predictions it is given.
+        if not self.backend.owns(input):
+            from ..backends import owning_backend
+
+            self.backend = owning_backend(input) or self.backend
+        x = self.backend.asarray(input)
+        if x.dtype.name not in ("float32", "float64"):
+            raise DtypeError(f"{type(self).__name__}: predictions must be float, got {x.dtype}")
+        self.dtype = x.dtype.name
+        return x
+
+    def _count(self, logits: Any) -> int:
+        return int(logits.size)
+
+    def _same_shape_target(self, target: Any, logits: Any) -> Any:
+        t = self.backend.asarray(target, dtype=None if self.backend.owns(target) else logits.dtype)
+        if t.dtype != logits.dtype:
+            raise DtypeError(
+                f"{type(self).__name__}: target dtype {t.dtype} differs from input {logits.dtype}"
+            )
+        if tuple(t.shape) != tuple(logits.shape):
+            raise ShapeError(
+                f"{type(self).__name__}: target shape {tuple(t.shape)} differs from "
+                f"input shape {tuple(logits.shape)}"
+            )
+        return t
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax cross-entropy on logits (batch, classes) with integer class labels (batch,)."""
+
+    def forward(self, input: Any, target: Any) -> Any:  # noqa: A002
+        return super().forward(input, target)
+
+    def _target(self, target: Any, logits: Any) -> Any:
+        if logits.ndim != 2:
+            raise ShapeError(
+                f"CrossEntropyLoss: logits must be (batch, classes), got {tuple(logits.shape)}"
+            )
+        n, c = logits.shape
+        be = self.backend
+        if not be.owns(target):  # host labels: validate here, once, before they move
+            import numpy as np  # host-side validation of user labels, not compute
+
+            t = np.asarray(target)
+            _check_labels(t, n, c)
+            return be.asarray(t.astype(np.int64, copy=False))
+        if target.dtype.kind not in "iu" or target.shape != (n,):
+            raise ShapeError(
+                f"CrossEntropyLoss: labels must be integers of shape ({n},), "
+                f"got {target.dtype} {tuple(target.shape)}"
+            )
+        return target  # device labels are not read back to check their range
+
+    def _fused(self, logits: Any, labels: Any) -> tuple[Any, Any]:
+        return self.backend.softmax_cross_entropy(logits, labels)
+
+    def _count(self, logits: Any) -> int:
+        return int(logits.shape[0])
+
+
+def _check_labels(t: Any, n: int, c: int) -> None:
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ShapeError(
+            f"CrossEntropyLoss: labels must have shape ({n},) to match the logits, "
+            f"got {tuple(t.shape)}"
+        )
+    if t.dtype.kind not in "iu":
+        if t.dtype.kind == "f" and t.size and (t == t.round()).all():
+            raise DtypeError(
+                "CrossEntropyLoss: labels must be integers (got float class indices; "
+                "convert with y.astype(int))"
+            )
+        raise DtypeError(f"CrossEntropyLoss: labels must be integer class indices, got {t.dtype}")
+    if t.size and (t.min() < 0 or t.max() >= c):
+        bad = t[(t < 0) | (t >= c)][0]
+        raise ValueError(
+            f"CrossEntropyLoss: label {int(bad)} is out of range for {c} classes "
+            f"(labels must be in [0, {c - 1}])"
+        )
+
+
+class BCEWithLogitsLoss(Loss):
+    """Binary cross-entropy on logits with float targets in [0, 1] of the same shape."""
+
+    def _target(self, target: Any, logits: Any) -> Any:
+        return self._same_shape_target(target, logits)
+
+    def _fused(self, logits: Any, targets: Any) -> tuple[Any, Any]:
+        return self.backend.bce_with_logits(logits, targets)
+
+
+class MSELoss(Loss):
+    """Mean squared error over all elements."""
+
+    def _target(self, target: Any, pred: Any) -> Any:
+        return self._same_shape_target(target, pred)
+
+    def _fused(self, pred: Any, target: Any) -> tuple[Any, Any]:
+        return self.backend.mse(pred, target)

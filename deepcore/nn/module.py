@@ -1,0 +1,344 @@
+"""Parameter, Module and Sequential: the device-agnostic layer stack.
+
+Layers hold their arrays on one Backend and compute only through its methods; they never import
+an array library. Backprop is explicit: `forward` caches what `backward` needs, and
+`backward(grad_output)` accumulates parameter gradients and returns the input gradient.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from ..backends import Backend, get_backend
+from ..backends.base import normalize_dtype
+from ..errors import BackendMismatchError, DtypeError, ShapeError
+
+
+class Parameter:
+    """A trainable array on a backend with its gradient buffer (allocated on first backward)."""
+
+    __slots__ = ("data", "grad", "backend", "requires_grad")
+
+    def __init__(self, data: Any, backend: Backend, requires_grad: bool = True) -> None:
+        self.data = data
+        self.grad: Any = None
+        self.backend = backend
+        self.requires_grad = requires_grad
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> str:
+        return self.data.dtype.name
+
+    def numpy(self) -> Any:
+        """Host copy of the values."""
+        return self.backend.to_host(self.data)
+
+    def grad_buffer(self) -> Any:
+        """The gradient array, created zero-filled on first use."""
+        if self.grad is None:
+            self.grad = self.backend.zeros(self.shape, self.dtype)
+        return self.grad
+
+    def to(self, backend: Backend, dtype: str | None = None) -> None:
+        """Move values (and the gradient, if any) to `backend`, optionally casting."""
+        dtype = dtype or self.dtype
+        self.data = _move(self.data, self.backend, backend, dtype)
+        if self.grad is not None:
+            self.grad = _move(self.grad, self.backend, backend, dtype)
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, backend={self.backend.name})"
+
+
+def _move(x: Any, src: Backend, dst: Backend, dtype: str) -> Any:
+    if src is dst and x.dtype.name == dtype:
+        return x
+    return dst.asarray(src.to_host(x).astype(dtype, copy=False))
+
+
+class Module:
+    """Base class of layers and containers, shaped after torch.nn.Module."""
+
+    def __init__(self, *, backend: str | Backend | None = None, dtype: Any = None) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        self.backend = get_backend(backend)
+        self.dtype = normalize_dtype(dtype)
+        self.training = True
+
+    # ---- registration (attribute assignment, as in PyTorch)
+    def __setattr__(self, name: str, value: Any) -> None:
+        params = self.__dict__.get("_parameters")
+        modules = self.__dict__.get("_modules")
+        if isinstance(value, Parameter):
+            params[name] = value
+        elif isinstance(value, Module):
+            modules[name] = value
+        else:
+            if params is not None and name in params and value is None:
+                params[name] = None
+            object.__setattr__(self, name, value)
+            return
+        self.__dict__.pop(name, None)
+
+    def __getattr__(self, name: str) -> Any:
+        d = self.__dict__
+        if name in d.get("_parameters", {}):
+            return d["_parameters"][name]
+        if name in d.get("_modules", {}):
+            return d["_modules"][name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    # ---- computation
+    def forward(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def backward(self, grad_output: Any) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, x: Any) -> Any:
+        return self.forward(x)
+
+    def _input(self, x: Any, features: int | None = None) -> Any:
+        """x as an array of this module's backend and dtype, with a clear error otherwise."""
+        try:
+            x = self.backend.asarray(x, dtype=self.dtype)
+        except (DtypeError, BackendMismatchError) as exc:
+            raise type(exc)(f"{self._label()}: {exc}") from None
+        if features is not None and (x.ndim != 2 or x.shape[1] != features):
+            raise ShapeError(
+                f"{self._label()} expects input of shape (batch, {features}), got {tuple(x.shape)}"
+            )
+        return x
+
+    def _label(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    # ---- traversal
+    def children(self) -> Iterator[Module]:
+        yield from self._modules.values()
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for name, p in self._parameters.items():
+            if p is not None:
+                yield (f"{prefix}.{name}" if prefix else name), p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    # ---- modes and gradients
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Zero every gradient buffer in place (buffers are kept for reuse)."""
+        for p in self.parameters():
+            if p.grad is not None:
+                p.backend.fill_(p.grad, 0.0)
+
+    # ---- devices and dtypes
+    def to(self, backend: str | Backend | None = None, *, dtype: Any = None) -> Module:
+        """Move every parameter and gradient to `backend` and/or cast to `dtype`; returns self."""
+        target = get_backend(backend) if backend is not None else self.backend
+        dt = normalize_dtype(dtype) if dtype is not None else None
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None:
+                    p.to(target, dt)
+            m.backend = target
+            if dt is not None:
+                m.dtype = dt
+            m._clear_cache()
+        return self
+
+    def float(self) -> Module:
+        return self.to(dtype="float32")
+
+    def double(self) -> Module:
+        return self.to(dtype="float64")
+
+    def _clear_cache(self) -> None:
+        """Drop arrays cached by forward (called when the module moves)."""
+        for key in [k for k in self.__dict__ if k.startswith("_cache_")]:
+            self.__dict__[key] = None
+
+    # ---- state
+    def state_dict(self) -> OrderedDict[str, Any]:
+        """Host NumPy copies of every parameter, with PyTorch's names and shapes."""
+        return OrderedDict((n, p.numpy()) for n, p in self.named_parameters())
+
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
+        """Copy values from a state dict (NumPy arrays, or anything with .numpy() such as torch
+        tensors); shapes must match exactly. With strict, names must match both ways."""
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"state dict does not fit {type(self).__name__}: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
+        staged = {}
+        for name, p in own.items():
+            if name not in state:
+                continue
+            value = _host_array(state[name])
+            if tuple(value.shape) != p.shape:
+                raise ShapeError(
+                    f"parameter {name!r}: state dict has shape {tuple(value.shape)}, "
+                    f"the model expects {p.shape}"
+                )
+            staged[name] = value
+        for name, value in staged.items():  # all checked before anything is written
+            p = own[name]
+            p.data = p.backend.asarray(value.astype(p.dtype, copy=True))
+
+    # ---- description
+    def extra_repr(self) -> str:
+        return ""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description from which `deepcore.nn.build` rebuilds this module."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its configuration")
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            lines[0] = f"{type(self).__name__}("
+            for name, m in self._modules.items():
+                sub = repr(m).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {sub}")
+            lines.append(")")
+            return "\n".join(lines)
+        return lines[0] + ")"
+
+
+def _host_array(value: Any) -> Any:
+    if hasattr(value, "detach"):  # torch.Tensor
+        value = value.detach().cpu().numpy()
+    import numpy as np  # host conversion of user data only, not compute
+
+    return np.asarray(value)
+
+
+class Sequential(Module):
+    """Modules applied in order. A Linear followed by an elementwise activation runs as one
+    fused call (`backend.linear` with an epilogue) and backpropagates as one fused call."""
+
+    def __init__(self, *layers: Module) -> None:
+        first = layers[0] if layers else None
+        super().__init__(
+            backend=first.backend if first else None, dtype=first.dtype if first else None
+        )
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential item {i} is a {type(layer).__name__}, not a Module")
+            if layer.backend is not self.backend or layer.dtype != self.dtype:
+                raise BackendMismatchError(
+                    f"Sequential item {i} ({layer._label()}) is on {layer.backend.name}/"
+                    f"{layer.dtype} but item 0 is on {self.backend.name}/{self.dtype}; "
+                    f"build them under one backend or call .to() on the Sequential"
+                )
+            self._modules[str(i)] = layer
+        self._plan: list[tuple[Module, Module | None]] = []
+        self.fuse = True
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def forward(self, x: Any) -> Any:
+        from .activation import Activation
+        from .linear import Linear
+
+        layers = list(self._modules.values())
+        plan: list[tuple[Module, Module | None]] = []
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if (
+                self.fuse
+                and isinstance(layer, Linear)
+                and isinstance(nxt, Activation)
+                and nxt.fusable
+            ):
+                x = layer.forward(x, activation=nxt)
+                plan.append((layer, nxt))
+                i += 2
+            else:
+                x = layer.forward(x)
+                plan.append((layer, None))
+                i += 1
+        self._plan = plan
+        return x
+
+    def backward(self, grad_output: Any, *, need_input_grad: bool = True) -> Any:
+        """Backpropagate through every layer; returns d(loss)/d(input) unless told not to
+        (the first Linear then skips its input-gradient GEMM)."""
+        from .linear import Linear
+
+        if not self._plan:
+            raise RuntimeError("Sequential.backward called before a training-mode forward")
+        g = grad_output
+        last = len(self._plan) - 1
+        for i, (layer, act) in enumerate(reversed(self._plan)):
+            kw: dict[str, Any] = {}
+            if act is not None:
+                kw["activation"] = act
+            if i == last and isinstance(layer, Linear):
+                kw["need_input_grad"] = need_input_grad
+            g = layer.backward(g, **kw)
+        return g
+
+    def append(self, layer: Module) -> Sequential:
+        self._modules[str(len(self._modules))] = layer
+        return self
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "Sequential", "layers": [m.config() for m in self]}
+
+
+def parameters_backend(params: Iterable[Parameter]) -> Backend:
+    """The one backend all `params` live on, or a BackendMismatchError naming two."""
+    backend = None
+    for p in params:
+        if backend is None:
+            backend = p.backend
+        elif p.backend is not backend:
+            raise BackendMismatchError(
+                f"parameters live on two backends ({backend.name} and {p.backend.name}); "
+                f"move the model with model.to(name) before building the optimizer"
+            )
+    if backend is None:
+        raise ValueError("no parameters given")
+    return backend

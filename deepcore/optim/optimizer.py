@@ -1,0 +1,186 @@
+"""Optimizer base: PyTorch's interface (param_groups, state, step, zero_grad, state_dict).
+
+Each subclass's `_update` makes one fused in-place backend call per parameter. State arrays live
+on their parameter's backend and follow it: when a parameter has moved, its state moves at the
+next step (or at once with `optimizer.to(backend)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..backends import Backend, get_backend
+from ..nn.module import Parameter
+
+
+class Optimizer:
+    """Base class. `defaults` holds the hyperparameters every group starts from."""
+
+    def __init__(self, params: Iterable[Parameter] | Iterable[dict[str, Any]], defaults: dict):
+        self.defaults = dict(defaults)
+        self._validate(self.defaults)
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[int, dict[str, Any]] = {}  # keyed by id(param)
+        items = list(params)
+        if not items:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        groups = items if isinstance(items[0], dict) else [{"params": items}]
+        for g in groups:
+            self.add_param_group(g)
+
+    def add_param_group(self, group: dict[str, Any]) -> None:
+        params = group["params"]
+        params = [params] if isinstance(params, Parameter) else list(params)
+        for p in params:
+            if not isinstance(p, Parameter):
+                raise TypeError(
+                    f"{type(self).__name__} takes deepcore Parameters, got {type(p).__name__}"
+                )
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in params):
+            raise ValueError("some parameters appear in more than one parameter group")
+        merged = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+        self._validate(merged)
+        merged["params"] = params
+        merged.setdefault("initial_lr", merged["lr"])
+        self.param_groups.append(merged)
+
+    def _validate(self, hp: dict[str, Any]) -> None:
+        lr = hp.get("lr")
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr >= 0.0:
+            raise ValueError(f"{type(self).__name__}: invalid learning rate {lr!r} (need lr >= 0)")
+        wd = hp.get("weight_decay", 0.0)
+        if not wd >= 0.0:
+            raise ValueError(f"{type(self).__name__}: invalid weight_decay {wd!r} (need >= 0)")
+
+    def zero_grad(self) -> None:
+        """Zero every gradient buffer in place."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    p.backend.fill_(p.grad, 0.0)
+
+    def step(self) -> None:
+        """One update of every parameter that has a gradient."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None or not p.requires_grad:
+                    continue
+                state = self.state.setdefault(id(p), {})
+                self._follow(p, state)
+                self._update(p, p.grad, state, group)
+
+    def _update(self, p: Parameter, grad: Any, state: dict[str, Any], group: dict) -> None:
+        raise NotImplementedError
+
+    def _buffer(self, p: Parameter, state: dict[str, Any], key: str, zero: bool = True) -> Any:
+        buf = state.get(key)
+        if buf is None:
+            make = p.backend.zeros if zero else p.backend.empty
+            buf = state[key] = make(p.shape, p.dtype)
+        return buf
+
+    # ---- devices
+    def _follow(self, p: Parameter, state: dict[str, Any]) -> None:
+        """Move state arrays of `p` to p's backend and dtype if they are elsewhere."""
+        for k, v in state.items():
+            if hasattr(v, "dtype") and hasattr(v, "shape") and v.ndim > 0:
+                if not p.backend.owns(v) or v.dtype.name != p.dtype:
+                    state[k] = p.backend.asarray(_to_host(v).astype(p.dtype))
+
+    def to(self, backend: str | Backend) -> Optimizer:
+        """Move all state to `backend` (parameters are moved by model.to)."""
+        be = get_backend(backend)
+        for g in self.param_groups:
+            for p in g["params"]:
+                st = self.state.get(id(p))
+                if st:
+                    for k, v in st.items():
+                        if hasattr(v, "shape") and v.ndim > 0:
+                            st[k] = be.asarray(_to_host(v))
+        return self
+
+    # ---- state
+    def _params(self) -> list[Parameter]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """PyTorch's layout: {"state": {index: {name: host array or number}}, "param_groups":
+        [{hyperparameters..., "params": [indices]}]}."""
+        index = {id(p): i for i, p in enumerate(self._params())}
+        state = {}
+        for pid, st in self.state.items():
+            if pid in index:
+                state[index[pid]] = {
+                    k: (_to_host(v) if hasattr(v, "shape") and v.ndim > 0 else v)
+                    for k, v in st.items()
+                }
+        groups = []
+        for g in self.param_groups:
+            d = {k: v for k, v in g.items() if k != "params"}
+            d["params"] = [index[id(p)] for p in g["params"]]
+            groups.append(d)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore hyperparameters and state; shapes and group sizes must match."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(
+                f"optimizer state has {len(groups)} parameter groups, this optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        params = self._params()
+        for mine, theirs in zip(self.param_groups, groups, strict=True):
+            if len(mine["params"]) != len(theirs["params"]):
+                raise ValueError("optimizer state: a parameter group has a different size")
+        new_state: dict[int, dict[str, Any]] = {}
+        for key, st in state_dict["state"].items():
+            i = int(key)
+            if not 0 <= i < len(params):
+                raise ValueError(f"optimizer state names parameter {i}, which does not exist")
+            p = params[i]
+            entry = {}
+            for k, v in st.items():
+                if hasattr(v, "shape") and len(getattr(v, "shape", ())) > 0:
+                    host = _to_host(v)
+                    if tuple(host.shape) != p.shape:
+                        raise ValueError(
+                            f"optimizer state {k!r} of parameter {i} has shape "
+                            f"{tuple(host.shape)}, the parameter has {p.shape}"
+                        )
+                    entry[k] = p.backend.asarray(host.astype(p.dtype, copy=True))
+                else:
+                    entry[k] = _scalar(v)
+            new_state[id(p)] = entry
+        for mine, theirs in zip(self.param_groups, groups, strict=True):
+            for k, v in theirs.items():
+                if k != "params":
+                    mine[k] = _scalar(v) if not isinstance(v, (tuple, list)) else tuple(v)
+        self.state = new_state
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(g):
+                if k not in ("params", "initial_lr"):
+                    lines.append(f"    {k}: {g[k]}")
+        return "\n".join(lines) + "\n)"
+
+
+def _to_host(v: Any) -> Any:
+    if hasattr(v, "detach"):  # torch tensor
+        return v.detach().cpu().numpy()
+    if type(v).__module__.split(".")[0] == "cupy":
+        return v.get()
+    import numpy as np  # host copies for state dicts
+
+    return np.array(v, copy=True)
+
+
+def _scalar(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    return v
