@@ -1,0 +1,161 @@
+// Host emulation of the CUDA execution model, just enough for deepcore's kernels.
+//
+// Included (via common.cuh) only when DC_HOST_EMULATION is defined, i.e. when tests compile
+// the kernels' .cu sources with g++ (kernels/cuda/host.py). It is a test instrument: it proves
+// the kernels' arithmetic and indexing on the CPU, not their behaviour on a GPU.
+//
+// Model: blocks run one after another; the threads of a block run as cooperative fibers
+// (ucontext) on one OS thread. __syncthreads() parks the calling fiber until every thread of
+// the block has reached the barrier, so shared memory written before a barrier is visible after
+// it, exactly as CUDA promises. A barrier that some threads reach after others have exited is
+// reported as an error (undefined behaviour on a GPU). `__shared__` variables are function
+// statics: shared by the block's fibers, and blocks never overlap.
+#pragma once
+
+#include <math.h>
+#include <ucontext.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+struct dc_uint3 {
+    unsigned x, y, z;
+};
+
+namespace dc_emu {
+
+enum State { RUNNABLE, AT_BARRIER, DONE };
+
+struct Fiber {
+    ucontext_t ctx;
+    State state;
+    dc_uint3 tid;
+};
+
+// Error codes returned by launch(): 0 ok, 1 bad launch configuration, 2 barrier divergence.
+inline dc_uint3 g_block_idx{0, 0, 0};
+inline dc_uint3 g_thread_idx{0, 0, 0};
+inline dim3 g_block_dim;
+inline dim3 g_grid_dim;
+inline ucontext_t g_scheduler;
+inline Fiber* g_current = nullptr;
+inline void (*g_trampoline)(void*) = nullptr;
+inline void* g_closure = nullptr;
+constexpr std::size_t kStackBytes = 256 * 1024;
+constexpr unsigned kMaxThreadsPerBlock = 1024;
+
+inline void fiber_main() {
+    g_trampoline(g_closure);
+    g_current->state = DONE;  // returning switches to uc_link, the scheduler
+}
+
+inline void syncthreads() {
+    g_current->state = AT_BARRIER;
+    swapcontext(&g_current->ctx, &g_scheduler);
+}
+
+template <class F>
+void call_closure(void* f) {
+    (*static_cast<F*>(f))();
+}
+
+__attribute__((noinline)) inline void init_fiber(Fiber& f, std::vector<char>& stack, dc_uint3 tid) {
+    if (stack.empty()) stack.resize(kStackBytes);
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = stack.data();
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = &g_scheduler;
+    makecontext(&f.ctx, fiber_main, 0);
+    f.state = RUNNABLE;
+    f.tid = tid;
+}
+
+// Runs one block to completion, honouring barriers; returns an error code.
+inline int run_block(std::vector<Fiber>& fibers, std::vector<std::vector<char>>& stacks) {
+    const dim3 block = g_block_dim;
+    std::size_t k = 0;
+    for (unsigned tz = 0; tz < block.z; ++tz)
+        for (unsigned ty = 0; ty < block.y; ++ty)
+            for (unsigned tx = 0; tx < block.x; ++tx, ++k)
+                init_fiber(fibers[k], stacks[k], dc_uint3{tx, ty, tz});
+    int error = 0;
+    for (;;) {
+        std::size_t waiting = 0, done = 0;
+        for (Fiber& f : fibers) {
+            if (f.state != RUNNABLE) continue;
+            g_current = &f;
+            g_thread_idx = f.tid;
+            swapcontext(&g_scheduler, &f.ctx);
+        }
+        for (Fiber& f : fibers) {
+            if (f.state == AT_BARRIER) ++waiting;
+            if (f.state == DONE) ++done;
+        }
+        if (waiting == 0) break;
+        if (done != 0) {
+            std::fprintf(stderr,
+                         "emulate.h: __syncthreads() reached by %zu threads of block "
+                         "(%u,%u,%u) after %zu others exited\n",
+                         waiting, g_block_idx.x, g_block_idx.y, g_block_idx.z, done);
+            error = 2;
+        }
+        for (Fiber& f : fibers)
+            if (f.state == AT_BARRIER) f.state = RUNNABLE;
+    }
+    return error;
+}
+
+// Runs every block of the grid in order (x fastest); returns an error code.
+inline int run_grid(dim3 grid, dim3 block) {
+    unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || nthreads == 0 ||
+        nthreads > kMaxThreadsPerBlock || block.z > 64) {
+        std::fprintf(stderr, "emulate.h: invalid launch configuration\n");
+        return 1;
+    }
+    static std::vector<std::vector<char>> stacks;
+    if (stacks.size() < nthreads) stacks.resize(nthreads);
+    std::vector<Fiber> fibers(nthreads);
+    g_grid_dim = grid;
+    g_block_dim = block;
+    int error = 0;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                g_block_idx = dc_uint3{bx, by, bz};
+                int e = run_block(fibers, stacks);
+                if (e) error = e;
+            }
+    g_current = nullptr;
+    return error;
+}
+
+// Runs body() once per thread of every block of the grid; returns an error code.
+template <class F>
+int launch(dim3 grid, dim3 block, F body) {
+    g_trampoline = &call_closure<F>;
+    g_closure = &body;
+    return run_grid(grid, block);
+}
+
+}  // namespace dc_emu
+
+#define blockIdx (static_cast<const dc_uint3&>(::dc_emu::g_block_idx))
+#define threadIdx (static_cast<const dc_uint3&>(::dc_emu::g_thread_idx))
+#define blockDim (static_cast<const dim3&>(::dc_emu::g_block_dim))
+#define gridDim (static_cast<const dim3&>(::dc_emu::g_grid_dim))
+#define __syncthreads() ::dc_emu::syncthreads()
