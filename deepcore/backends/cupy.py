@@ -1,0 +1,415 @@
+"""CuPy backend: arrays on one CUDA GPU, GEMMs on cuBLAS, fused CUDA C kernels for the rest.
+
+The kernels are the CUDA C sources in `deepcore/kernels/cuda/*.cu`, compiled lazily by NVRTC
+through `cupy.RawModule`, once per device and dtype, on first use. Nothing in a training step
+reads a value back to the host: losses are 0-d device arrays, reductions finish on the device.
+
+TF32 is off by default, so float32 GEMMs are true float32 as on the CPU backends. Turn it on
+with `CupyBackend(0, allow_tf32=True)`, `get_backend("cupy").allow_tf32 = True` or
+`DEEPCORE_TF32=1` (read when the backend is created). deepcore sets cuBLAS's math mode around
+each of its GEMMs, so CuPy's own `CUPY_TF32` does not change deepcore's results either way.
+
+Importing this module never imports cupy; `probe()` never raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeepcoreError, DtypeError, ShapeError
+from ..kernels.cuda import geometry, source
+from ..kernels.cuda.spec import KERNELS, kernels_in, marshal
+from ._cupy_steps import CupyStepsMixin
+from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, array_backend_name, check_activation
+
+INSTALL_HINT = "pip install 'deepcore[cuda12]' or 'deepcore[cuda13]'"
+#: NVRTC options for every module (CuPy adds the architecture of the device itself).
+NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
+_CUBLAS_DEFAULT_MATH = 0
+_CUBLAS_TF32_TENSOR_OP_MATH = 3
+
+
+class CudaOutOfMemoryError(DeepcoreError, MemoryError):
+    """The GPU ran out of memory; the message says how much was asked for and where."""
+
+
+def _version(v: int) -> str:
+    """12040 -> '12.4' (CUDA's encoding of versions)."""
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def _text(v: Any) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def probe(device: int | None = None) -> tuple[bool, str]:
+    """(True, '<name>, compute capability X.Y, CUDA a.b') when device N really works, else
+    (False, why). Never raises."""
+    try:
+        return _probe(0 if device is None else int(device))
+    except Exception as exc:  # a broken driver or install must not break the caller
+        return False, f"cupy probe failed: {type(exc).__name__}: {exc}"
+
+
+def _probe(index: int) -> tuple[bool, str]:
+    if importlib.util.find_spec("cupy") is None:
+        return False, f"cupy is not installed ({INSTALL_HINT})"
+    try:
+        cupy = importlib.import_module("cupy")
+    except Exception as exc:
+        return False, f"cupy failed to import: {type(exc).__name__}: {exc}"
+    runtime = cupy.cuda.runtime
+    try:
+        count = runtime.getDeviceCount()
+    except runtime.CUDARuntimeError as exc:
+        return False, f"no CUDA device visible ({exc})"
+    if count == 0:
+        return False, "no CUDA device visible (check the driver and CUDA_VISIBLE_DEVICES)"
+    if not 0 <= index < count:
+        return False, f"CUDA device {index} does not exist ({count} visible: 0..{count - 1})"
+    driver, rt = runtime.driverGetVersion(), runtime.runtimeGetVersion()
+    note = ""
+    if driver // 1000 < rt // 1000:
+        return False, (
+            f"the NVIDIA driver supports CUDA {_version(driver)}, older than the CUDA runtime "
+            f"{_version(rt)} cupy was built for: update the driver or install the cupy wheel "
+            f"for CUDA {driver // 1000} (deepcore[cuda{driver // 1000}])"
+        )
+    if driver < rt:
+        note = f" (driver CUDA {_version(driver)}: minor-version compatibility)"
+    props = runtime.getDeviceProperties(index)
+    try:  # a tiny real launch: "visible" is not "works" (e.g. a busy or broken device)
+        with cupy.cuda.Device(index):
+            (cupy.arange(4, dtype="float32") * 2).sum()
+            cupy.cuda.Device(index).synchronize()
+    except Exception as exc:
+        return False, f"CUDA device {index} failed a smoke test: {type(exc).__name__}: {exc}"
+    return True, (
+        f"{_text(props['name'])}, compute capability {props['major']}.{props['minor']}, "
+        f"CUDA {_version(rt)}{note}"
+    )
+
+
+def _on_device(fn: Any) -> Any:
+    """Run a backend method with its GPU current, and turn CuPy's OOM into a clear error."""
+
+    @functools.wraps(fn)
+    def wrapper(self: CupyBackend, *args: Any, **kwargs: Any) -> Any:
+        try:
+            with self._device:
+                return fn(self, *args, **kwargs)
+        except self._oom_type as exc:
+            raise self._out_of_memory(str(exc), fn.__name__) from exc
+
+    return wrapper
+
+
+class CupyBackend(CupyStepsMixin):
+    """Backend on CUDA GPU number `device_index`, through CuPy (cuBLAS + NVRTC kernels)."""
+
+    name = "cupy:0"
+    device = "cuda:0"
+    xp: Any = None
+
+    def __init__(self, device_index: int = 0, allow_tf32: bool | None = None) -> None:
+        super().__init__()
+        cupy = importlib.import_module("cupy")
+        self.xp = cupy
+        self.index = int(device_index)
+        self.name = f"cupy:{self.index}"
+        self.device = f"cuda:{self.index}"
+        if allow_tf32 is None:
+            allow_tf32 = os.environ.get("DEEPCORE_TF32", "0").strip() == "1"
+        #: Let float32 GEMMs use TF32 tensor cores (faster, ~10-bit mantissa inputs).
+        self.allow_tf32 = bool(allow_tf32)
+        self._device = cupy.cuda.Device(self.index)
+        self._oom_type = cupy.cuda.memory.OutOfMemoryError
+        self._cublas = importlib.import_module("cupy.cublas")
+        self._modules: dict[tuple[str, str], Any] = {}
+        self._functions: dict[tuple[str, str], Any] = {}
+
+    # ------------------------------------------------------------------ arrays
+    def empty(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
+        return self._alloc(lambda: self.xp.empty(shape, dtype=dtype), shape, dtype)
+
+    def zeros(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
+        return self._alloc(lambda: self.xp.zeros(shape, dtype=dtype), shape, dtype)
+
+    def full(self, shape: tuple[int, ...], value: float, dtype: str = "float32") -> Any:
+        return self._alloc(lambda: self.xp.full(shape, value, dtype=dtype), shape, dtype)
+
+    def owns(self, x: Any) -> bool:
+        return isinstance(x, self.xp.ndarray) and x.device.id == self.index
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """A device array from host data (NumPy arrays included: for a GPU backend they are host
+        data, converted to `dtype` at this boundary) or one of this backend's own arrays."""
+        if isinstance(x, np.ndarray) or (not self.owns(x) and array_backend_name(x) is None):
+            return self._from_host(np.asarray(x, dtype=dtype))
+        return super().asarray(x, dtype=dtype)
+
+    def _from_host(self, x: np.ndarray) -> Any:
+        return self._alloc(lambda: self.xp.asarray(np.ascontiguousarray(x)), x.shape, x.dtype)
+
+    def to_host(self, x: Any) -> np.ndarray:
+        return self.xp.asnumpy(x)
+
+    def synchronize(self) -> None:
+        self._device.synchronize()
+
+    def _alloc(self, make: Any, shape: Any, dtype: Any) -> Any:
+        try:
+            with self._device:
+                return make()
+        except self._oom_type as exc:
+            shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+            raise self._out_of_memory(
+                f"asked for {nbytes:,} bytes (shape {shape}, {np.dtype(dtype).name}); {exc}",
+                "allocation",
+            ) from exc
+
+    def _out_of_memory(self, detail: str, where: str) -> CudaOutOfMemoryError:
+        try:
+            pool = self.xp.get_default_memory_pool()
+            held = f"; the memory pool holds {pool.total_bytes():,} bytes"
+        except Exception:
+            held = ""
+        return CudaOutOfMemoryError(
+            f"CUDA out of memory on {self.device} ({self.name}) in {where}: {detail}{held}. "
+            "Try a smaller batch size (or a smaller model)."
+        )
+
+    # ------------------------------------------------------------------ kernels
+    def _kernel(self, name: str, dtype: str) -> Any:
+        """The compiled kernel; its module (one .cu, one dtype) is built on first use."""
+        fn = self._functions.get((name, dtype))
+        if fn is None:
+            spec = KERNELS[name]
+            mod = self._modules.get((spec.source, dtype))
+            if mod is None:
+                mod = self.xp.RawModule(
+                    code=source(spec.source),
+                    options=NVRTC_OPTIONS,
+                    name_expressions=[k.name_expression(dtype) for k in kernels_in(spec.source)],
+                )
+                self._modules[(spec.source, dtype)] = mod
+            fn = self._functions[(name, dtype)] = mod.get_function(spec.name_expression(dtype))
+        return fn
+
+    def _launch(self, name: str, dtype: str, geom: tuple[Any, Any], *args: Any) -> None:
+        grid, block = geom
+        self._kernel(name, dtype)(grid, block, marshal(KERNELS[name], dtype, args))
+
+    def _fast(self, *arrays: Any) -> str | None:
+        """The common dtype when every array is a C-contiguous float array of this backend
+        (the kernels' precondition), else None to fall back to the generic path."""
+        dtype = None
+        for a in arrays:
+            if a is None:
+                continue
+            if not self.owns(a):
+                self.check(a)
+            if dtype is None:
+                dtype = a.dtype.name
+            elif a.dtype.name != dtype:
+                raise DtypeError(f"{self.name}: mixed dtypes {dtype} and {a.dtype.name}")
+            if not a.flags.c_contiguous:
+                return None
+        return dtype if dtype in FLOAT_DTYPES else None
+
+    def _new(self, like: Any, out: Any) -> Any:
+        return out if out is not None else self.empty(like.shape, like.dtype.name)
+
+    # ------------------------------------------------------------------ dense
+    def gemm(
+        self,
+        a: Any,
+        b: Any,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+        out: Any = None,
+    ) -> Any:
+        """out = alpha * op(a) @ op(b) + beta * out on cuBLAS (transpose flags, no copies)."""
+        m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
+        k2, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+        if a.ndim != 2 or b.ndim != 2 or k != k2:
+            t_a, t_b = ".T" if trans_a else "", ".T" if trans_b else ""
+            raise ShapeError(
+                f"gemm: cannot multiply {tuple(a.shape)}{t_a} by {tuple(b.shape)}{t_b}"
+            )
+        self._fast(a, b, out)
+        if out is None:
+            if beta != 0.0:
+                raise ValueError("gemm: beta != 0 needs out=")
+            out = self.empty((m, n), a.dtype.name)
+        elif out.shape != (m, n):
+            raise ShapeError(f"gemm: out has shape {out.shape}, expected {(m, n)}")
+        lib = importlib.import_module("cupy_backends.cuda.libs.cublas")
+        handle = self.xp.cuda.device.get_cublas_handle()
+        tf32 = self.allow_tf32 and a.dtype.name == "float32"
+        want = getattr(lib, "CUBLAS_TF32_TENSOR_OP_MATH" if tf32 else "CUBLAS_DEFAULT_MATH", None)
+        want = want if want is not None else (_CUBLAS_TF32_TENSOR_OP_MATH if tf32 else 0)
+        prev = lib.getMathMode(handle)
+        if prev != want:
+            lib.setMathMode(handle, want)
+        try:
+            self._cublas.gemm(
+                "T" if trans_a else "N", "T" if trans_b else "N", a, b,
+                out=out, alpha=alpha, beta=beta,
+            )  # fmt: skip
+        finally:
+            if prev != want:
+                lib.setMathMode(handle, prev)
+        return out
+
+    def bias_add(self, x: Any, b: Any, out: Any = None) -> Any:
+        dtype = self._fast(x, b, out)
+        if dtype is None or x.ndim != 2 or b.shape != (x.shape[1],):
+            return super().bias_add(x, b, out=out)
+        out = self._new(x, out)
+        self._epilogue(x, b, x, out, "identity", 0.0, 1, dtype)
+        return out
+
+    def _epilogue(self, z: Any, b: Any, pre: Any, out: Any, kind: str, alpha: float, flags: int,
+                  dtype: str) -> None:  # fmt: skip
+        rows, cols = (z.shape[0], z.shape[1]) if z.ndim == 2 else (1, z.size)
+        if rows * cols:
+            self._launch(
+                "dc_bias_act", dtype, geometry.elementwise(rows * cols),
+                z, z if b is None else b, pre, out, rows, cols, ACTIVATIONS.index(kind), alpha,
+                flags,
+            )  # fmt: skip
+
+    def bias_grad(self, dy: Any, out: Any = None, accumulate: bool = False) -> Any:
+        dtype = self._fast(dy, out)
+        if dtype is None or dy.ndim != 2 or (accumulate and out is None):
+            return super().bias_grad(dy, out=out, accumulate=accumulate)
+        out = out if out is not None else self.empty((dy.shape[1],), dtype)
+        self._col_sum("identity", dy, dy, dy, dy, out, 0.0, int(accumulate), dtype)
+        return out
+
+    def _col_sum(self, kind: str, dy: Any, x: Any, y: Any, dz: Any, db: Any, alpha: float,
+                 flags: int, dtype: str) -> None:  # fmt: skip
+        rows, cols = dy.shape
+        if cols:
+            self._launch(
+                "dc_col_sum_act", dtype, geometry.columns(cols),
+                dy, x, y, dz, db, rows, cols, ACTIVATIONS.index(kind), alpha, flags,
+            )  # fmt: skip
+
+    # ------------------------------------------------------------------ activations
+    def activation(self, kind: str, x: Any, alpha: float = 0.01, out: Any = None) -> Any:
+        check_activation(kind)
+        dtype = self._fast(x, out)
+        if dtype is None:
+            return super().activation(kind, x, alpha=alpha, out=out)
+        out = self._new(x, out)
+        self._epilogue(x.reshape(-1), None, out, out, kind, alpha, 0, dtype)
+        return out
+
+    def activation_backward(
+        self, kind: str, dy: Any, x: Any = None, y: Any = None, alpha: float = 0.01,
+        out: Any = None,
+    ) -> Any:  # fmt: skip
+        check_activation(kind)
+        dtype = self._fast(dy, x, y, out)
+        if dtype is None or kind == "identity":
+            return super().activation_backward(kind, dy, x=x, y=y, alpha=alpha, out=out)
+        out = self._new(dy, out)
+        if dy.size:
+            self._launch(
+                "dc_act_backward", dtype, geometry.elementwise(dy.size),
+                dy, dy if x is None else x, dy if y is None else y, out, dy.size,
+                ACTIVATIONS.index(kind), alpha,
+            )  # fmt: skip
+        return out
+
+    def activation_backward_bias_grad(
+        self, kind: str, dy: Any, x: Any = None, y: Any = None, alpha: float = 0.01,
+        dx_out: Any = None, db_out: Any = None, accumulate_db: bool = False,
+    ) -> tuple[Any, Any]:  # fmt: skip
+        """One pass: dz = act'(.) * dy and db (+)= column sums of dz."""
+        check_activation(kind)
+        dtype = self._fast(dy, x, y, dx_out, db_out)
+        if dtype is None or dy.ndim != 2 or (accumulate_db and db_out is None):
+            return super().activation_backward_bias_grad(
+                kind, dy, x=x, y=y, alpha=alpha, dx_out=dx_out, db_out=db_out,
+                accumulate_db=accumulate_db,
+            )  # fmt: skip
+        dz = self._new(dy, dx_out)
+        db = db_out if db_out is not None else self.empty((dy.shape[1],), dtype)
+        x = dy if x is None else x
+        y = dy if y is None else y
+        self._col_sum(kind, dy, x, y, dz, db, alpha, 2 | int(accumulate_db), dtype)
+        return dz, db
+
+    def linear(
+        self, x: Any, w: Any, b: Any = None, activation: str = "identity", alpha: float = 0.01,
+        out: Any = None, pre_out: Any = None,
+    ) -> Any:  # fmt: skip
+        """act(x @ w.T + b): one cuBLAS GEMM, then one fused bias + activation pass."""
+        check_activation(activation)
+        z = self.gemm(x, w, trans_b=True, out=pre_out if pre_out is not None else out)
+        dtype = self._fast(z, b, out)
+        if dtype is None:
+            return super().linear(x, w, b, activation, alpha, out=out, pre_out=pre_out)
+        flags = 0 if b is None else 1
+        if pre_out is not None:
+            result, flags = self._new(z, out), flags | 2
+        else:
+            result = z
+        self._epilogue(z, b, z, result, activation, alpha, flags, dtype)
+        return result
+
+    def softmax(self, x: Any, out: Any = None) -> Any:
+        dtype = self._fast(x, out)
+        if dtype is None or x.ndim != 2:
+            return super().softmax(x, out=out)
+        out = self._new(x, out)
+        rows, cols = x.shape
+        if rows and cols:
+            self._launch("dc_softmax", dtype, geometry.rows(rows, cols), x, out, rows, cols)
+        return out
+
+    # ------------------------------------------------------------------ facts
+    def info(self) -> dict[str, Any]:
+        """Device name, compute capability, memory pool use, CUDA and CuPy versions."""
+        runtime = self.xp.cuda.runtime
+        props = runtime.getDeviceProperties(self.index)
+        pool = self.xp.get_default_memory_pool()
+        with self._device:
+            used, total = pool.used_bytes(), pool.total_bytes()
+        return {
+            **super().info(),
+            "device_name": _text(props["name"]),
+            "compute_capability": f"{props['major']}.{props['minor']}",
+            "device_memory_bytes": int(props.get("totalGlobalMem", 0)),
+            "memory_pool_used_bytes": int(used),
+            "memory_pool_total_bytes": int(total),
+            "cuda_runtime": _version(runtime.runtimeGetVersion()),
+            "cuda_driver": _version(runtime.driverGetVersion()),
+            "cupy": self.xp.__version__,
+            "tf32": self.allow_tf32,
+        }
+
+
+# Every contract method runs with this backend's GPU current (CuPy launches on the current
+# device), inherited ones included, and reports OOM clearly.
+_NOT_ON_DEVICE = {"owns", "check", "to_host", "synchronize", "info", "empty", "zeros", "full"}
+for _name in sorted(set(vars(Backend)) | set(vars(CupyBackend))):
+    if _name.startswith("_") and _name != "_from_host" or _name in _NOT_ON_DEVICE:
+        continue
+    if callable(getattr(CupyBackend, _name)):
+        setattr(CupyBackend, _name, _on_device(getattr(CupyBackend, _name)))
+
+BACKEND_CLASS = CupyBackend
