@@ -195,10 +195,10 @@ class Backend:
             if beta != 0.0:
                 raise ValueError("gemm: beta != 0 needs out=")
             out = self.empty((m, n), a.dtype.name)
-        elif out.shape != (m, n) or out.dtype != a.dtype:
-            raise ShapeError(
-                f"gemm: out has shape {out.shape} {out.dtype}, expected {(m, n)} {a.dtype}"
-            )
+        elif out.dtype != a.dtype:
+            raise DtypeError(f"gemm: out has dtype {out.dtype}, expected {a.dtype}")
+        elif out.shape != (m, n):
+            raise ShapeError(f"gemm: out has shape {out.shape}, expected {(m, n)}")
         if beta == 0.0:
             self.xp.matmul(a2, b2, out=out)
             if alpha != 1.0:
