@@ -84,12 +84,16 @@ _LAZY = {
     "get_num_threads": ("threads", "get_num_threads"),
 }
 
+_SUBMODULES = ("train", "io", "threads", "bench", "sklearn", "selftest", "cli")
+
 
 def __getattr__(name: str) -> Any:
     # Heavier parts load on first use, keeping `import deepcore` light.
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(f".{module}", __name__), attr)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'deepcore' has no attribute {name!r}")

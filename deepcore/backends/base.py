@@ -166,6 +166,11 @@ class Backend:
     def argmax(self, x: Any, axis: int = -1) -> Any:
         return self.xp.argmax(x, axis=axis)
 
+    def count_correct(self, logits: Any, labels: Any) -> Any:
+        """0-d integer array: how many rows' argmax equals the label (no host read)."""
+        labels = self.asarray(labels)
+        return (self.xp.argmax(logits, axis=1) == labels).sum()
+
     def all_finite(self, x: Any) -> bool:
         """True when x has no NaN or Inf (reads one value back from the device)."""
         return bool(self.xp.isfinite(x).all())

@@ -1,0 +1,330 @@
+"""Training loop: fit / evaluate / predict with a progress bar and per-epoch history.
+
+`Trainer` owns the model, loss, optimizer, optional scheduler, the shuffling generator and the
+step/epoch counters, so a checkpoint of it resumes a run exactly (deepcore.io).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend
+from .data import BatchIterator, Dataset
+from .errors import NonFiniteError, ShapeError
+from .nn import CrossEntropyLoss, Loss, Module
+from .nn.loss import BCEWithLogitsLoss, MSELoss
+from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
+from .optim.clip import clip_grad_norm_
+from .optim.schedulers import LRScheduler
+
+LOSSES: dict[str, type[Loss]] = {
+    "cross_entropy": CrossEntropyLoss,
+    "bce_with_logits": BCEWithLogitsLoss,
+    "mse": MSELoss,
+}
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": SGD,
+    "adam": Adam,
+    "adamw": AdamW,
+    "rmsprop": RMSprop,
+}
+
+
+@dataclass
+class History:
+    """Per-epoch records: epoch, loss, accuracy, val_loss, val_accuracy, seconds, ..."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return [e[key] for e in self.epochs if key in e]
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def make_optimizer(name: str, params: Iterable[Any], lr: float, **kw: Any) -> Optimizer:
+    """An optimizer by name: sgd (momentum 0.9 unless given), adam, adamw, rmsprop."""
+    key = name.lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if key == "sgd":
+        kw.setdefault("momentum", 0.9)
+    return OPTIMIZERS[key](params, lr=lr, **kw)
+
+
+def _as_xy(data: Dataset | tuple[Any, Any], what: str) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(data, Dataset):
+        X, y = data.X, data.y
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        X, y = np.asarray(data[0]), np.asarray(data[1])
+    else:
+        raise TypeError(f"{what} must be a deepcore Dataset or an (X, y) pair")
+    if X.ndim != 2:
+        raise ShapeError(f"{what}: X must be 2-D (samples, features), got shape {X.shape}")
+    if len(X) == 0:
+        raise ValueError(f"{what} is empty: no samples to train or evaluate on")
+    if len(X) != len(y):
+        raise ShapeError(f"{what}: X has {len(X)} samples but y has {len(y)}")
+    if X.dtype.kind == "f" and not np.isfinite(X).all():
+        bad = np.argwhere(~np.isfinite(X))[0]
+        raise NonFiniteError(
+            f"{what}: X has a non-finite value ({X[tuple(bad)]}) at row {bad[0]}, column {bad[1]}"
+        )
+    return X, y
+
+
+class Trainer:
+    """Trains `model` with `loss_fn` and `optimizer`; keeps everything a resume needs."""
+
+    def __init__(
+        self,
+        model: Module,
+        loss_fn: Loss | str = "cross_entropy",
+        optimizer: Optimizer | str = "adam",
+        *,
+        lr: float = 1e-3,
+        scheduler: LRScheduler | None = None,
+        seed: int | None = 0,
+        clip_grad_norm: float | None = None,
+    ) -> None:
+        self.model = model
+        if isinstance(loss_fn, str):
+            if loss_fn not in LOSSES:
+                raise ValueError(f"unknown loss {loss_fn!r}; expected one of {', '.join(LOSSES)}")
+            loss_fn = LOSSES[loss_fn](backend=model.backend, dtype=model.dtype)
+        loss_fn.backend = model.backend  # the loss computes where the model does
+        self.loss_fn = loss_fn
+        if isinstance(optimizer, str):
+            optimizer = make_optimizer(optimizer, model.parameters(), lr)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.clip_grad_norm = clip_grad_norm
+        self.rng = np.random.default_rng(seed)
+        self.epoch = 0  # completed epochs
+        self.step = 0  # completed optimizer steps
+        self.history = History()
+
+    @property
+    def backend(self) -> Backend:
+        return self.model.backend
+
+    def train_step(self, xb: Any, yb: Any) -> Any:
+        """One forward, backward and update; returns the loss as a 0-d backend array."""
+        model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        if self.clip_grad_norm is not None:
+            clip_grad_norm_(model.parameters(), self.clip_grad_norm)
+        opt.step()
+        opt.zero_grad()
+        self.step += 1
+        self._last_logits = logits
+        return loss
+
+    def fit(
+        self,
+        train: Dataset | tuple[Any, Any],
+        *,
+        epochs: int = 10,
+        batch_size: int = 64,
+        validation: Dataset | tuple[Any, Any] | None = None,
+        progress: bool = True,
+        callbacks: Iterable[Callable[[Trainer], None]] = (),
+        shuffle: bool = True,
+    ) -> History:
+        """Train for `epochs` more epochs; after each, run validation and the callbacks."""
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        X, y = _as_xy(train, "training data")
+        val = _as_xy(validation, "validation data") if validation is not None else None
+        classify = isinstance(self.loss_fn, CrossEntropyLoss)
+        batches = BatchIterator(X, y, batch_size, shuffle=shuffle, rng=self.rng)
+        check_every = 1 if self.backend.device == "cpu" else 50
+        bar = _progress(progress, len(batches) * epochs)
+        target_epoch = self.epoch + epochs
+        try:
+            for _ in range(epochs):
+                self.model.train()
+                t0 = time.perf_counter()
+                total, seen = 0.0, 0
+                correct: Any = 0  # a device scalar on GPU backends, read once per epoch
+                for i, (xb, yb) in enumerate(batches):
+                    loss = self.train_step(xb, yb)
+                    n = len(xb)
+                    seen += n
+                    if classify:
+                        correct = correct + self.backend.count_correct(self._last_logits, yb)
+                    if i % check_every == 0 or i == len(batches) - 1:
+                        value = float(loss)
+                        if not math.isfinite(value):
+                            raise NonFiniteError(
+                                f"loss became {value} at step {self.step} (epoch "
+                                f"{self.epoch + 1}); lower the learning rate or check the data"
+                            )
+                    total += float(loss) * n if check_every == 1 else 0.0
+                    if bar is not None:
+                        bar.update(1)
+                        if i % 20 == 0:
+                            bar.set_description(f"epoch {self.epoch + 1}/{target_epoch}")
+                            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+                self.backend.synchronize()
+                seconds = time.perf_counter() - t0
+                self.epoch += 1
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                record: dict[str, float] = {
+                    "epoch": self.epoch,
+                    "loss": total / seen if check_every == 1 else float(loss),
+                    "seconds": seconds,
+                    "samples_per_second": seen / seconds if seconds > 0 else float("inf"),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                }
+                if classify:
+                    record["accuracy"] = int(correct) / seen
+                if val is not None:
+                    vm = self.evaluate(val, batch_size=max(batch_size, 256))
+                    record.update({f"val_{k}": v for k, v in vm.items()})
+                self.history.epochs.append(record)
+                if bar is not None:
+                    bar.set_postfix(
+                        {k: f"{v:.4f}" for k, v in record.items() if "loss" in k or "acc" in k}
+                    )
+                elif progress:
+                    import sys
+
+                    print(_epoch_line(record, target_epoch), file=sys.stderr, flush=True)
+                for cb in callbacks:
+                    cb(self)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.history
+
+    def evaluate(
+        self, data: Dataset | tuple[Any, Any], *, batch_size: int = 512
+    ) -> dict[str, float]:
+        """Mean loss (and accuracy for classification) over `data`, in eval mode."""
+        X, y = _as_xy(data, "evaluation data")
+        return evaluate(self.model, (X, y), loss_fn=self.loss_fn, batch_size=batch_size)
+
+
+def evaluate(
+    model: Module,
+    data: Dataset | tuple[Any, Any],
+    *,
+    loss_fn: Loss | str = "cross_entropy",
+    batch_size: int = 512,
+) -> dict[str, float]:
+    """Mean loss and, for cross-entropy, accuracy of `model` on `data` (eval mode)."""
+    X, y = _as_xy(data, "evaluation data")
+    if isinstance(loss_fn, str):
+        loss_fn = LOSSES[loss_fn](backend=model.backend, dtype=model.dtype)
+    loss_fn.backend = model.backend
+    classify = isinstance(loss_fn, CrossEntropyLoss)
+    was = model.training
+    model.eval()
+    total, correct = 0.0, 0
+    try:
+        for start in range(0, len(X), batch_size):
+            xb, yb = X[start : start + batch_size], y[start : start + batch_size]
+            logits = model(xb)
+            total += float(loss_fn(logits, yb)) * len(xb)
+            if classify:
+                correct += int(model.backend.count_correct(logits, yb))
+    finally:
+        model.train(was)
+    out = {"loss": total / len(X)}
+    if classify:
+        out["accuracy"] = correct / len(X)
+    return out
+
+
+def predict(model: Module, X: Any, *, batch_size: int = 512) -> np.ndarray:
+    """Host array of the model's outputs for X, computed in eval mode in batches."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ShapeError(f"predict: X must be 2-D (samples, features), got shape {X.shape}")
+    was = model.training
+    model.eval()
+    try:
+        parts = [
+            model.backend.to_host(model(X[s : s + batch_size]))
+            for s in range(0, len(X), batch_size)
+        ]
+    finally:
+        model.train(was)
+    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=model.dtype)
+
+
+def fit(
+    model: Module,
+    train: Dataset | tuple[Any, Any],
+    *,
+    loss: Loss | str = "cross_entropy",
+    optimizer: Optimizer | str = "adam",
+    lr: float = 1e-3,
+    epochs: int = 10,
+    batch_size: int = 64,
+    validation: Dataset | tuple[Any, Any] | None = None,
+    scheduler: LRScheduler | None = None,
+    seed: int | None = 0,
+    progress: bool = True,
+    clip_grad_norm: float | None = None,
+    callbacks: Iterable[Callable[[Trainer], None]] = (),
+) -> History:
+    """Train `model` on `train` (a Dataset or (X, y)); returns the per-epoch History."""
+    trainer = Trainer(
+        model,
+        loss,
+        optimizer,
+        lr=lr,
+        scheduler=scheduler,
+        seed=seed,
+        clip_grad_norm=clip_grad_norm,
+    )
+    return trainer.fit(
+        train,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation=validation,
+        progress=progress,
+        callbacks=callbacks,
+    )
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    """A tqdm bar on a terminal; None elsewhere (per-epoch lines are printed instead)."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress is a nicety; training goes on without it
+        return None
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+    return tqdm(total=total, unit="batch", dynamic_ncols=True, leave=True, mininterval=0.2)
+
+
+def _epoch_line(record: dict[str, float], epochs: int) -> str:
+    parts = [f"epoch {int(record['epoch'])}/{epochs}"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in record:
+            parts.append(f"{key} {record[key]:.4f}")
+    parts.append(f"{record['samples_per_second']:,.0f} samples/s")
+    return " | ".join(parts)
