@@ -1,0 +1,665 @@
+"""Numba backend: NumPy arrays, hot paths in @njit kernels (deepcore.kernels.numba).
+
+numba is imported only when this backend is instantiated (never by `import deepcore`). GEMMs go
+to the JIT kernel or to BLAS by size (`gemm_impl`); elementwise, loss and optimizer kernels are
+fused single passes; `fused_mlp_step` runs a small MLP's whole training step in one call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import DtypeError, ShapeError
+from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
+
+#: m*n*k at or below which the JIT GEMM beats BLAS here (benchmarks/numba_gemm_threshold.py).
+JIT_GEMM_MAX_WORK = 48**3
+#: m*n*k from which the JIT GEMM runs its parallel variant.
+PARALLEL_GEMM_WORK = 128**3
+#: Elements from which elementwise and optimizer kernels run their prange variants.
+PARALLEL_ELEMENTS = 1 << 16
+#: MLPs whose step does at most this many multiply-adds take the one-call `fused_mlp_step`.
+FUSED_STEP_MAX_WORK = 4_000_000
+
+
+def probe(device: int | None = None) -> tuple[bool, str]:
+    """(True, version) when numba imports; else (False, why)."""
+    if importlib.util.find_spec("numba") is None:
+        return False, "numba is not installed (pip install 'deepcore[numba]')"
+    try:
+        import numba
+    except Exception as exc:  # a broken install (e.g. numpy too new for this numba)
+        return False, f"numba failed to import: {type(exc).__name__}: {exc}"
+    return True, f"numba {numba.__version__}"
+
+
+def _kernels() -> Any:
+    """The kernel modules (imports numba)."""
+    names = ("gemm", "elementwise", "losses", "optimizers", "step", "_config")
+    mods = {n: importlib.import_module(f"deepcore.kernels.numba.{n}") for n in names}
+    return type("Kernels", (), mods)
+
+
+class NumbaBackend(Backend):
+    """CPU backend: NumPy arrays, Numba-JIT kernels, BLAS where BLAS is faster."""
+
+    name = "numba"
+    device = "cpu"
+    xp = np
+    #: "auto" (by size), "jit" or "blas"; the DEEPCORE_NUMBA_GEMM environment variable sets it.
+    gemm_impl: str = os.environ.get("DEEPCORE_NUMBA_GEMM", "auto")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._k = _kernels()
+        self._compiled: set[tuple[Any, ...]] = set()
+        self._dummies: dict[tuple[str, int], np.ndarray] = {}
+
+    # ------------------------------------------------------------------ plumbing
+    def _run(self, fn: Any, key: tuple[Any, ...], *args: Any) -> Any:
+        """Call a kernel; its first call per key compiles with SLP vectorization on."""
+        if key in self._compiled:
+            return fn(*args)
+        with self._k._config.slp_vectorize():
+            result = fn(*args)
+        self._compiled.add(key)
+        return result
+
+    def _dummy(self, dtype: Any, ndim: int) -> np.ndarray:
+        """An empty array standing in for an unused optional operand (one type per dtype)."""
+        key = (np.dtype(dtype).name, ndim)
+        d = self._dummies.get(key)
+        if d is None:
+            d = self._dummies[key] = np.empty((0,) * ndim, dtype=dtype)
+        return d
+
+    @staticmethod
+    def _jit_ok(x: Any, *others: Any) -> bool:
+        """True when the kernels take these: x 2-D float, all C-contiguous numpy, one dtype."""
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.name not in FLOAT_DTYPES:
+            return False
+        return all(
+            o is None or (isinstance(o, np.ndarray) and o.flags.c_contiguous and o.dtype == x.dtype)
+            for o in (x, *others)
+        )
+
+    # ------------------------------------------------------------------ dense
+    def _use_jit(self, work: int) -> bool:
+        impl = self.gemm_impl
+        if impl not in ("auto", "jit", "blas"):
+            raise ValueError(f"NumbaBackend.gemm_impl must be auto, jit or blas, not {impl!r}")
+        return impl == "jit" or (impl == "auto" and work <= JIT_GEMM_MAX_WORK)
+
+    def gemm(
+        self,
+        a: Any,
+        b: Any,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+        out: Any = None,
+    ) -> Any:
+        """out = alpha * op(a) @ op(b) + beta * out: JIT kernel or BLAS, whichever is faster."""
+        m = a.shape[1] if trans_a else a.shape[0]
+        k = a.shape[0] if trans_a else a.shape[1]
+        n = b.shape[0] if trans_b else b.shape[1]
+        ok = a.ndim == 2 and b.ndim == 2 and k == (b.shape[1] if trans_b else b.shape[0])
+        if not ok or a.dtype != b.dtype or k == 0 or not self._use_jit(m * n * k):
+            return super().gemm(a, b, trans_a, trans_b, alpha, beta, out)
+        if a.dtype.name not in ("float32", "float64"):
+            raise DtypeError(f"gemm: deepcore computes in float32 or float64, not {a.dtype}")
+        if out is None:
+            if beta != 0.0:
+                raise ValueError("gemm: beta != 0 needs out=")
+            out = np.empty((m, n), a.dtype)
+        elif out.shape != (m, n) or out.dtype != a.dtype:
+            raise ShapeError(
+                f"gemm: out has shape {out.shape} {out.dtype}, expected {(m, n)} {a.dtype}"
+            )
+        if not out.flags.c_contiguous:
+            return super().gemm(a, b, trans_a, trans_b, alpha, beta, out)
+        a = np.ascontiguousarray(a)
+        b = np.ascontiguousarray(b)
+        g = self._k.gemm
+        sa, sb = g.packed_sizes(m, n, k)
+        pa = self.scratch("gemm_pack_a", (sa,), a.dtype)
+        pb = self.scratch("gemm_pack_b", (sb,), a.dtype)
+        t = a.dtype.type
+        par = m * n * k >= PARALLEL_GEMM_WORK
+        fn = g.gemm_parallel if par else g.gemm_serial
+        args = (a, b, out, bool(trans_a), bool(trans_b), t(alpha), t(beta), pa, pb)
+        self._run(fn, ("gemm", par, a.dtype.char), *args)
+        return out
+
+    def bias_add(self, x: Any, b: Any, out: Any = None) -> Any:
+        return self._bias_act(x, b, "identity", 0.0, out, None)
+
+    def bias_grad(self, dy: Any, out: Any = None, accumulate: bool = False) -> Any:
+        """Column sums of dy, rows in order (deterministic); BLAS-free single pass."""
+        if not self._jit_ok(dy, out):
+            return super().bias_grad(dy, out=out, accumulate=accumulate)
+        if out is None:
+            out = np.empty(dy.shape[1], dy.dtype)
+        self._run(self._k.elementwise.bias_grad, ("bias_grad",), dy, out, bool(accumulate))
+        return out
+
+    # ------------------------------------------------------------------ activations
+    def _bias_act(self, z: Any, b: Any, kind: str, alpha: float, out: Any, pre: Any) -> Any:
+        """out = act(z + b) in one pass (pre gets z + b when given)."""
+        code = ACTIVATIONS.index(check_activation(kind))
+        if out is None:
+            out = np.empty(z.shape, z.dtype)
+        if not self._jit_ok(z, b, out, pre):
+            if b is not None:
+                z = super().bias_add(z, b, out=pre if pre is not None else out)
+            return super().activation(kind, z, alpha=alpha, out=out)
+        t = z.dtype.type
+        e = self._k.elementwise
+        par = z.size >= PARALLEL_ELEMENTS
+        args = (
+            z,
+            b if b is not None else self._dummy(z.dtype, 1),
+            b is not None,
+            code,
+            t(alpha),
+            out,
+            pre if pre is not None else self._dummy(z.dtype, 2),
+            pre is not None,
+        )
+        if par:
+            self._run(e.bias_act, ("bias_act", z.dtype.char), *args)
+        else:
+            self._run(e.bias_act_rows, ("bias_act_rows", z.dtype.char), 0, z.shape[0], *args)
+        return out
+
+    def activation(self, kind: str, x: Any, alpha: float = 0.01, out: Any = None) -> Any:
+        return self._bias_act(x, None, kind, alpha, out, None)
+
+    def activation_backward(
+        self,
+        kind: str,
+        dy: Any,
+        x: Any = None,
+        y: Any = None,
+        alpha: float = 0.01,
+        out: Any = None,
+    ) -> Any:
+        code = ACTIVATIONS.index(check_activation(kind))
+        if not self._jit_ok(dy, x, y, out):
+            return super().activation_backward(kind, dy, x=x, y=y, alpha=alpha, out=out)
+        if out is None:
+            out = np.empty(dy.shape, dy.dtype)
+        d2 = self._dummy(dy.dtype, 2)
+        xx = x if x is not None else d2
+        args = (code, dy, xx, y if y is not None else d2, dy.dtype.type(alpha), out)
+        e = self._k.elementwise
+        if dy.size >= PARALLEL_ELEMENTS:
+            self._run(e.act_backward, ("act_backward",), *args)
+        else:
+            self._run(e.act_backward_rows, ("act_backward_rows",), 0, dy.shape[0], *args)
+        return out
+
+    def activation_backward_bias_grad(
+        self,
+        kind: str,
+        dy: Any,
+        x: Any = None,
+        y: Any = None,
+        alpha: float = 0.01,
+        dx_out: Any = None,
+        db_out: Any = None,
+        accumulate_db: bool = False,
+    ) -> tuple[Any, Any]:
+        """Fused: dz = activation backward of dy and db (+)= column sums of dz, one pass.
+
+        A thread owns a fixed block of 64 columns and sums them row by row: bitwise
+        reproducible for any thread count.
+        """
+        code = ACTIVATIONS.index(check_activation(kind))
+        if not self._jit_ok(dy, x, y, dx_out, db_out):
+            return super().activation_backward_bias_grad(
+                kind, dy, x, y, alpha, dx_out, db_out, accumulate_db
+            )
+        if dx_out is None:
+            dx_out = np.empty(dy.shape, dy.dtype)
+        if db_out is None:
+            db_out = np.empty(dy.shape[1], dy.dtype)
+        d2 = self._dummy(dy.dtype, 2)
+        args = (
+            code,
+            dy,
+            x if x is not None else d2,
+            y if y is not None else d2,
+            dy.dtype.type(alpha),
+            dx_out,
+            db_out,
+            bool(accumulate_db),
+        )
+        e = self._k.elementwise
+        if dy.size >= PARALLEL_ELEMENTS:
+            self._run(e.act_backward_bias_grad, ("abbg",), *args)
+        else:
+            self._run(e.act_backward_bias_grad_cols, ("abbg_cols",), 0, dy.shape[1], *args)
+        return dx_out, db_out
+
+    def linear(
+        self,
+        x: Any,
+        w: Any,
+        b: Any = None,
+        activation: str = "identity",
+        alpha: float = 0.01,
+        out: Any = None,
+        pre_out: Any = None,
+    ) -> Any:
+        """act(x @ w.T + b): GEMM (JIT or BLAS) then bias + activation in one pass over out."""
+        check_activation(activation)
+        z = self.gemm(x, w, trans_b=True, out=pre_out if pre_out is not None else out)
+        if out is None:
+            out = z if pre_out is None else np.empty(z.shape, z.dtype)
+        if b is None and activation == "identity":
+            return z if out is z else self.copy_(out, z)
+        return self._bias_act(z, b, activation, alpha, out, pre_out)
+
+    def softmax(self, x: Any, out: Any = None) -> Any:
+        if not self._jit_ok(x, out):
+            return super().softmax(x, out=out)
+        if out is None:
+            out = np.empty(x.shape, x.dtype)
+        e = self._k.elementwise
+        if x.size >= PARALLEL_ELEMENTS:
+            self._run(e.softmax, ("softmax",), x, out)
+        else:
+            self._run(e.softmax_rows, ("softmax_rows",), 0, x.shape[0], x, out)
+        return out
+
+    # ------------------------------------------------------------------ losses
+    def _loss_ok(self, a: Any, b: Any, grad_out: Any) -> bool:
+        return self._jit_ok(a, b, grad_out) and b.shape == a.shape
+
+    def softmax_cross_entropy(
+        self, logits: Any, labels: Any, grad_out: Any = None
+    ) -> tuple[Any, Any]:
+        """Fused: one pass per row computes the row's loss term and its gradient row."""
+        if not self._jit_ok(logits, grad_out):
+            return super().softmax_cross_entropy(logits, labels, grad_out)
+        labels = np.asarray(labels)
+        if labels.dtype != np.int64:  # int64 labels avoid this copy
+            labels = labels.astype(np.int64)
+        if labels.shape != (logits.shape[0],):
+            raise ShapeError(f"labels have shape {labels.shape}, expected ({logits.shape[0]},)")
+        grad = np.empty(logits.shape, logits.dtype) if grad_out is None else grad_out
+        loss = np.empty((), logits.dtype)
+        fn = self._k.losses.softmax_cross_entropy
+        if not self._run(fn, ("sce",), logits, labels, grad, loss):
+            raise IndexError(f"labels must lie in [0, {logits.shape[1]})")
+        return loss, grad
+
+    def bce_with_logits(self, logits: Any, targets: Any, grad_out: Any = None) -> tuple[Any, Any]:
+        if not self._loss_ok(logits, targets, grad_out):
+            return super().bce_with_logits(logits, targets, grad_out)
+        grad = np.empty(logits.shape, logits.dtype) if grad_out is None else grad_out
+        loss = np.empty((), logits.dtype)
+        self._run(self._k.losses.bce_with_logits, ("bce",), logits, targets, grad, loss)
+        return loss, grad
+
+    def mse(self, pred: Any, target: Any, grad_out: Any = None) -> tuple[Any, Any]:
+        if not self._loss_ok(pred, target, grad_out):
+            return super().mse(pred, target, grad_out)
+        grad = np.empty(pred.shape, pred.dtype) if grad_out is None else grad_out
+        loss = np.empty((), pred.dtype)
+        self._run(self._k.losses.mse, ("mse",), pred, target, grad, loss)
+        return loss, grad
+
+    # ------------------------------------------------------------------ optimizers
+    def _flat(self, param: Any, *arrays: Any) -> list[Any] | None:
+        """1-D views of param and same-shaped C-contiguous arrays (None entries -> dummies);
+        None when the kernels cannot take them (the base path runs instead)."""
+        if not isinstance(param, np.ndarray) or param.dtype.name not in FLOAT_DTYPES:
+            return None
+        out = []
+        for a in (param, *arrays):
+            if a is None:
+                out.append(self._dummy(param.dtype, 1))
+                continue
+            if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+                return None
+            if a.shape != param.shape or a.dtype != param.dtype:
+                return None
+            out.append(a.reshape(-1))
+        return out
+
+    def _opt_run(self, name: str, flat: list[Any], *scalars: Any) -> None:
+        o = self._k.optimizers
+        n = flat[0].shape[0]
+        if n >= PARALLEL_ELEMENTS:
+            self._run(getattr(o, name), (name,), *flat, *scalars)
+        else:
+            self._run(getattr(o, name + "_range"), (name + "_range",), 0, n, *flat, *scalars)
+
+    def sgd_update(
+        self,
+        param: Any,
+        grad: Any,
+        buf: Any,
+        *,
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        first_step: bool = False,
+    ) -> None:
+        """torch.optim.SGD's rule, fused in place (one pass over param, grad, buf)."""
+        flat = self._flat(param, grad, buf if momentum != 0.0 else None)
+        if flat is None:
+            return super().sgd_update(
+                param, grad, buf, lr=lr, momentum=momentum, dampening=dampening,
+                nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
+                first_step=first_step,
+            )  # fmt: skip
+        t = param.dtype.type
+        scal = (t(lr), t(momentum), t(1.0 - dampening), bool(nesterov), t(weight_decay))
+        self._opt_run("sgd", flat, *scal, bool(maximize), bool(first_step))
+
+    def adam_update(
+        self,
+        param: Any,
+        grad: Any,
+        exp_avg: Any,
+        exp_avg_sq: Any,
+        *,
+        step: int,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+        amsgrad: bool = False,
+        max_exp_avg_sq: Any = None,
+        maximize: bool = False,
+    ) -> None:
+        """torch.optim.Adam / AdamW, fused in place; host-side bias corrections as base."""
+        flat = self._flat(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
+        if flat is None:
+            return super().adam_update(
+                param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2,
+                eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad,
+                max_exp_avg_sq=max_exp_avg_sq, maximize=maximize,
+            )  # fmt: skip
+        scal = adam_scalars(
+            param.dtype, step, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize
+        )
+        self._opt_run("adam", flat, *scal)
+
+    def rmsprop_update(
+        self,
+        param: Any,
+        grad: Any,
+        square_avg: Any,
+        *,
+        lr: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        momentum_buffer: Any = None,
+        centered: bool = False,
+        grad_avg: Any = None,
+        maximize: bool = False,
+    ) -> None:
+        """torch.optim.RMSprop, fused in place."""
+        flat = self._flat(
+            param, grad, square_avg, momentum_buffer if momentum > 0 else None,
+            grad_avg if centered else None,
+        )  # fmt: skip
+        if flat is None:
+            return super().rmsprop_update(
+                param, grad, square_avg, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                momentum=momentum, momentum_buffer=momentum_buffer, centered=centered,
+                grad_avg=grad_avg, maximize=maximize,
+            )  # fmt: skip
+        t = param.dtype.type
+        scal = (t(lr), t(alpha), t(1.0 - alpha), t(eps), t(weight_decay), t(momentum))
+        self._opt_run("rmsprop", flat, *scal, bool(centered), bool(maximize))
+
+    # ------------------------------------------------------------------ whole step
+    def fused_mlp_step(
+        self,
+        weights: Sequence[Any],
+        biases: Sequence[Any],
+        weight_grads: Sequence[Any],
+        bias_grads: Sequence[Any],
+        activations: Sequence[str],
+        x: Any,
+        labels: Any,
+        optimizer: str = "sgd",
+        *,
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        first_step: bool = False,
+        step: int = 1,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        decoupled: bool = False,
+        amsgrad: bool = False,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        state: Sequence[Sequence[Any]] = (),
+        alpha: float = 0.01,
+    ) -> Any:
+        """One SGD/Adam training step of an MLP with softmax cross-entropy; returns the 0-d loss.
+
+        Layer l: a_l = act_l(a_{l-1} @ W_l.T + b_l); the last layer's output are the logits.
+        Grads are overwritten; params and `state` are updated in place. `state` holds per-param
+        lists ordered weights then biases: SGD (momentum_buffers,) (or () without momentum);
+        Adam (exp_avgs, exp_avg_sqs) or, with amsgrad, (..., max_exp_avg_sqs). Small models run
+        as one compiled call (kernels/numba/step.py); larger ones layer by layer.
+        """
+        nl = len(weights)
+        dt = weights[0].dtype
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(
+                f"fused_mlp_step: optimizer must be 'sgd' or 'adam', not {optimizer!r}"
+            )
+        if not (len(biases) == len(weight_grads) == len(bias_grads) == len(activations) == nl):
+            raise ValueError("fused_mlp_step: one weight, bias, grads and activation per layer")
+        labels = np.asarray(labels)
+        if labels.dtype != np.int64:
+            labels = labels.astype(np.int64)
+        codes = tuple(ACTIVATIONS.index(check_activation(a)) for a in activations)
+        params = [*weights, *biases]
+        arrays = [*params, *weight_grads, *bias_grads, x]
+        ok = all(
+            isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous for a in arrays
+        )
+        ok = ok and dt.name in FLOAT_DTYPES and all(b is not None for b in biases)
+        st = [list(s) for s in state]
+        empty = [self._dummy(dt, 1)] * (2 * nl)
+        while len(st) < 3:
+            st.append(empty)
+        m = x.shape[0]
+        work = m * sum(w.size for w in weights)
+        t = dt.type
+        if optimizer == "sgd":
+            hp = (lr, momentum, 1.0 - dampening, weight_decay)
+            flags = (nesterov, maximize, first_step)
+        else:
+            sc = adam_scalars(
+                dt, step, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize
+            )
+            hp, flags = sc[:2] + sc[2:9], sc[9:]
+        if not ok or work > FUSED_STEP_MAX_WORK:
+            return self._layered_step(
+                weights, biases, weight_grads, bias_grads, activations, x, labels, optimizer, st,
+                dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                     first_step=first_step, step=step, beta1=beta1, beta2=beta2, eps=eps,
+                     decoupled=decoupled, amsgrad=amsgrad, weight_decay=weight_decay,
+                     maximize=maximize), alpha,
+            )  # fmt: skip
+        ws = self._step_workspace(weights, m, dt)
+        hpa = self.scratch("step_hp", (9,), dt)
+        hpa[: len(hp)] = [t(v) for v in hp]
+        fla = self.scratch("step_flags", (3,), np.int64)
+        fla[:] = [int(bool(f)) for f in flags]
+        flat = [tuple(a.reshape(-1) for a in s) for s in st]
+        loss = np.empty((), dt)
+        k = self._k.step
+        opt = k.SGD if optimizer == "sgd" else k.ADAM
+        args = (
+            tuple(weights), tuple(biases), tuple(weight_grads), tuple(bias_grads), codes, t(alpha),
+            x, labels, opt, *flat, hpa, fla, *ws, loss,
+        )  # fmt: skip
+        if not self._run(k.mlp_step, ("step", nl, dt.char), *args):
+            raise IndexError(f"labels must lie in [0, {weights[-1].shape[0]})")
+        return loss
+
+    def _step_workspace(self, weights: Sequence[Any], m: int, dt: Any) -> tuple[Any, ...]:
+        """Preallocated per-layer buffers (z, a, d) and GEMM packing panels for batch m."""
+        outs = [w.shape[0] for w in weights]
+        zs = tuple(self.scratch(f"step_z{i}", (m, o), dt) for i, o in enumerate(outs))
+        os_ = tuple(self.scratch(f"step_a{i}", (m, o), dt) for i, o in enumerate(outs))
+        ds = tuple(self.scratch(f"step_d{i}", (m, o), dt) for i, o in enumerate(outs))
+        g = self._k.gemm
+        sa = sb = 1
+        for w in weights:
+            o, i = w.shape
+            for mm, nn, kk in ((m, o, i), (o, i, m), (m, i, o)):
+                a_, b_ = g.packed_sizes(mm, nn, kk)
+                sa, sb = max(sa, a_), max(sb, b_)
+        pa = self.scratch("step_pa", (sa,), dt)
+        pb = self.scratch("step_pb", (sb,), dt)
+        return zs, os_, ds, pa, pb
+
+    def _layered_step(
+        self, weights: Any, biases: Any, wgrads: Any, bgrads: Any, acts: Any, x: Any,
+        labels: Any, optimizer: str, st: Any, hyper: dict[str, Any], alpha: float,
+    ) -> Any:  # fmt: skip
+        """fused_mlp_step's maths through the backend's per-layer methods (large models)."""
+        nl = len(weights)
+        inputs, outs, pres = [x], [], []
+        for l in range(nl):
+            pre = np.empty((x.shape[0], weights[l].shape[0]), x.dtype)
+            out = self.linear(inputs[-1], weights[l], biases[l], acts[l], alpha, pre_out=pre)
+            pres.append(pre)
+            outs.append(out)
+            inputs.append(out)
+        loss, d = self.softmax_cross_entropy(outs[-1], labels)
+        for l in range(nl - 1, -1, -1):
+            d, _ = self.activation_backward_bias_grad(
+                acts[l], d, x=pres[l], y=outs[l], alpha=alpha, dx_out=d, db_out=bgrads[l]
+            )
+            self.gemm(d, inputs[l], trans_a=True, out=wgrads[l])
+            if l > 0:
+                d = self.gemm(d, weights[l])
+        h = hyper
+        for i, (p, g) in enumerate(zip([*weights, *biases], [*wgrads, *bgrads], strict=True)):
+            if optimizer == "sgd":
+                self.sgd_update(
+                    p, g, st[0][i] if h["momentum"] else None, lr=h["lr"], momentum=h["momentum"],
+                    dampening=h["dampening"], nesterov=h["nesterov"],
+                    weight_decay=h["weight_decay"], maximize=h["maximize"],
+                    first_step=h["first_step"],
+                )  # fmt: skip
+            else:
+                self.adam_update(
+                    p, g, st[0][i], st[1][i], step=h["step"], lr=h["lr"], beta1=h["beta1"],
+                    beta2=h["beta2"], eps=h["eps"], weight_decay=h["weight_decay"],
+                    decoupled=h["decoupled"], amsgrad=h["amsgrad"],
+                    max_exp_avg_sq=st[2][i] if h["amsgrad"] else None, maximize=h["maximize"],
+                )  # fmt: skip
+        return loss
+
+    # ------------------------------------------------------------------ setup
+    def warmup(self, dtypes: Sequence[str] = ("float32",)) -> float:
+        """Compile (or load from the cache) every kernel for `dtypes`; returns the seconds taken."""
+        start = time.perf_counter()
+        for name in dtypes:
+            _exercise(self, np.dtype(name))
+        return time.perf_counter() - start
+
+    def info(self) -> dict[str, Any]:
+        from .. import threads
+
+        cfg = self._k._config
+        return {
+            **super().info(),
+            "numba": importlib.import_module("numba").__version__,
+            "numba_cache": cfg.CACHE_DIR or ("in-tree __pycache__" if cfg.CACHE else "off"),
+            "gemm_impl": self.gemm_impl,
+            **threads.threading_info(),
+        }
+
+
+def adam_scalars(
+    dtype: Any, step: int, lr: float, beta1: float, beta2: float, eps: float,
+    weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool,
+) -> tuple[Any, ...]:  # fmt: skip
+    """The Adam kernel's scalars, computed on the host in float64 then cast, as base does."""
+    t = np.dtype(dtype).type
+    bc1 = 1.0 - beta1**step
+    bc2_sqrt = math.sqrt(1.0 - beta2**step)
+    return (
+        t(lr / bc1), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(bc2_sqrt), t(eps),
+        t(weight_decay), t(1.0 - lr * weight_decay), bool(decoupled), bool(amsgrad),
+        bool(maximize),
+    )  # fmt: skip
+
+
+BACKEND_CLASS = NumbaBackend
+
+
+def _exercise(be: NumbaBackend, dt: np.dtype) -> None:
+    """Run every kernel once on tiny arrays of dtype `dt` (serial and parallel variants)."""
+    rng = np.random.default_rng(0)
+    t = dt.type
+    for m in (3, 260):  # 260 x 260: above every parallel threshold
+        a = rng.standard_normal((m, m)).astype(dt)
+        old = be.gemm_impl
+        try:
+            be.gemm_impl = "jit"
+            be.gemm(a, a, trans_b=True)
+        finally:
+            be.gemm_impl = old
+        b = a[0].copy()
+        for kind in ACTIVATIONS:
+            y = be.linear(a, a, b, kind, pre_out=np.empty_like(a))
+            be.activation_backward_bias_grad(kind, a, x=a, y=y)
+            be.activation_backward(kind, a, x=a, y=y)
+        be.bias_grad(a)
+        be.softmax(a)
+        labels = np.zeros(m, np.int64)
+        be.softmax_cross_entropy(a, labels)
+        be.bce_with_logits(a, a)
+        be.mse(a, a)
+        p = a.copy()
+        be.sgd_update(p, a, np.zeros_like(a), lr=0.1, momentum=0.9)
+        z = np.zeros_like(a)
+        be.adam_update(p, a, z, z.copy(), step=1, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8,
+                       amsgrad=True, max_exp_avg_sq=z.copy())  # fmt: skip
+        be.rmsprop_update(p, a, np.zeros_like(a), lr=0.1, alpha=0.9, eps=1e-8, momentum=0.9,
+                          momentum_buffer=np.zeros_like(a), centered=True,
+                          grad_avg=np.zeros_like(a))  # fmt: skip
+    w = [rng.standard_normal((4, 3)).astype(dt), rng.standard_normal((2, 4)).astype(dt)]
+    bs = [np.zeros(4, dt), np.zeros(2, dt)]
+    x = rng.standard_normal((5, 3)).astype(dt)
+    y = np.zeros(5, np.int64)
+    grads = ([np.empty_like(v) for v in w], [np.empty_like(v) for v in bs])
+    state = [[np.zeros(v.size, dt) for v in (*w, *bs)] for _ in range(3)]
+    be.fused_mlp_step(w, bs, *grads, ("relu", "identity"), x, y, "sgd", lr=t(0.1), momentum=0.9,
+                      state=state[:1])  # fmt: skip
+    be.fused_mlp_step(w, bs, *grads, ("relu", "identity"), x, y, "adam", lr=0.1, state=state[:2])

@@ -1,0 +1,176 @@
+"""Elementwise and row-wise kernels: fused bias + activation, activation backward with the bias
+gradient, softmax. Activations are integer codes (index in base.ACTIVATIONS).
+
+Each kernel is a serial `*_rows(lo, hi, ...)` over a range of rows plus a `prange` wrapper over
+fixed row chunks; the backend calls the serial one for small arrays (no thread start-up). Scalars
+are made with `x.dtype.type(...)`, so float32 stays float32 throughout.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import njit, prange
+
+from ._config import OPTS
+
+IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU, GELU_TANH = range(7)
+#: Rows per parallel chunk.
+CHUNK = 16
+
+
+@njit(inline="always", **OPTS)
+def act(v, code, alpha):
+    """Activation `code` of the scalar v, in v's type."""
+    t = type(v)
+    if code == IDENTITY:
+        return v
+    if code == RELU:
+        return v if v > 0 else t(0)
+    if code == LEAKY_RELU:
+        return v if v > 0 else v * alpha
+    if code == SIGMOID:
+        if v >= 0:
+            return t(1) / (t(1) + math.exp(-v))
+        e = math.exp(v)
+        return e / (t(1) + e)
+    if code == TANH:
+        return math.tanh(v)
+    if code == GELU:
+        return v * (t(0.5) * (t(1) + math.erf(v * t(0.7071067811865476))))
+    c = t(0.7978845608028654)
+    return v * t(0.5) * (t(1) + math.tanh(c * (v + t(0.044715) * v * v * v)))
+
+
+@njit(inline="always", **OPTS)
+def act_grad(d, x, y, code, alpha):
+    """dL/dx for one element from dL/dy = d, input x (GELU) and output y (the others)."""
+    t = type(d)
+    if code == IDENTITY:
+        return d
+    if code == RELU:
+        return d if y > 0 else t(0) * d
+    if code == LEAKY_RELU:
+        return d if y > 0 else d * alpha
+    if code == SIGMOID:
+        return d * (y * (t(1) - y))
+    if code == TANH:
+        return d * (t(1) - y * y)
+    if code == GELU:
+        cdf = t(0.5) * (t(1) + math.erf(x * t(0.7071067811865476)))
+        pdf = math.exp(t(-0.5) * x * x) * t(0.3989422804014327)
+        return d * (cdf + x * pdf)
+    c = t(0.7978845608028654)
+    x2 = x * x
+    th = math.tanh(c * (x + t(0.044715) * x2 * x))
+    return d * (
+        t(0.5) * (t(1) + th) + t(0.5) * x * (t(1) - th * th) * c * (t(1) + t(3 * 0.044715) * x2)
+    )
+
+
+@njit(**OPTS)
+def bias_act_rows(lo, hi, z, b, has_b, code, alpha, out, pre, has_pre):
+    """Rows lo..hi: v = z + b; pre = v (if has_pre); out = act(v). z may be out or pre."""
+    n = z.shape[1]
+    for i in range(lo, hi):
+        for j in range(n):
+            v = z[i, j] + b[j] if has_b else z[i, j]
+            if has_pre:
+                pre[i, j] = v
+            out[i, j] = act(v, code, alpha)
+
+
+@njit(parallel=True, **OPTS)
+def bias_act(z, b, has_b, code, alpha, out, pre, has_pre):
+    """Parallel `bias_act_rows` over fixed row chunks."""
+    m = z.shape[0]
+    for c in prange(-(-m // CHUNK)):
+        bias_act_rows(
+            c * CHUNK, min(m, c * CHUNK + CHUNK), z, b, has_b, code, alpha, out, pre, has_pre
+        )
+
+
+@njit(**OPTS)
+def act_backward_rows(lo, hi, code, dy, x, y, alpha, out):
+    """Rows lo..hi of out = activation backward of dy (x or y may be dummies when unused)."""
+    n = dy.shape[1]
+    use_x = code == GELU or code == GELU_TANH
+    for i in range(lo, hi):
+        for j in range(n):
+            if use_x:
+                out[i, j] = act_grad(dy[i, j], x[i, j], x[i, j], code, alpha)
+            else:
+                out[i, j] = act_grad(dy[i, j], y[i, j], y[i, j], code, alpha)
+
+
+@njit(parallel=True, **OPTS)
+def act_backward(code, dy, x, y, alpha, out):
+    m = dy.shape[0]
+    for c in prange(-(-m // CHUNK)):
+        act_backward_rows(c * CHUNK, min(m, c * CHUNK + CHUNK), code, dy, x, y, alpha, out)
+
+
+@njit(**OPTS)
+def act_backward_bias_grad_cols(lo, hi, code, dy, x, y, alpha, dx, db, accumulate):
+    """Columns lo..hi: dx = act backward of dy and db[j] (+)= sum over rows of dx[:, j].
+
+    Each column is summed by one thread, rows in order: bitwise the same for any thread count.
+    """
+    m = dy.shape[0]
+    use_x = code == GELU or code == GELU_TANH
+    if not accumulate:
+        for j in range(lo, hi):
+            db[j] = 0
+    for i in range(m):
+        for j in range(lo, hi):
+            s = x[i, j] if use_x else y[i, j]
+            g = act_grad(dy[i, j], s, s, code, alpha)
+            dx[i, j] = g
+            db[j] += g
+
+
+@njit(parallel=True, **OPTS)
+def act_backward_bias_grad(code, dy, x, y, alpha, dx, db, accumulate):
+    """Parallel over fixed blocks of 64 columns (a thread owns a column's whole sum)."""
+    n = dy.shape[1]
+    for c in prange(-(-n // 64)):
+        act_backward_bias_grad_cols(
+            c * 64, min(n, c * 64 + 64), code, dy, x, y, alpha, dx, db, accumulate
+        )
+
+
+@njit(**OPTS)
+def bias_grad(dy, db, accumulate):
+    """db (+)= column sums of dy, rows in order (serial: one pass over dy, contiguous)."""
+    m, n = dy.shape
+    if not accumulate:
+        for j in range(n):
+            db[j] = 0
+    for i in range(m):
+        for j in range(n):
+            db[j] += dy[i, j]
+
+
+@njit(**OPTS)
+def softmax_rows(lo, hi, x, out):
+    """Row-wise softmax, max-subtracted: out = exp(x - max) / sum (out may be x)."""
+    n = x.shape[1]
+    for i in range(lo, hi):
+        mx = x[i, 0]
+        for j in range(1, n):
+            if x[i, j] > mx:
+                mx = x[i, j]
+        s = x[i, 0] - x[i, 0]
+        for j in range(n):
+            e = math.exp(x[i, j] - mx)
+            out[i, j] = e
+            s += e
+        for j in range(n):
+            out[i, j] /= s
+
+
+@njit(parallel=True, **OPTS)
+def softmax(x, out):
+    m = x.shape[0]
+    for c in prange(-(-m // CHUNK)):
+        softmax_rows(c * CHUNK, min(m, c * CHUNK + CHUNK), x, out)
