@@ -61,7 +61,10 @@ class Loss(Module):
         return int(logits.size)
 
     def _same_shape_target(self, target: Any, logits: Any) -> Any:
-        t = self.backend.asarray(target, dtype=None if self.backend.owns(target) else logits.dtype)
+        # Host data (on a CPU backend every NumPy array is host data) is converted to the
+        # model's dtype at this boundary, as inputs are; a device array must already match.
+        host = self.backend.device == "cpu" or not self.backend.owns(target)
+        t = self.backend.asarray(target, dtype=logits.dtype if host else None)
         if t.dtype != logits.dtype:
             raise DtypeError(
                 f"{type(self).__name__}: target dtype {t.dtype} differs from input {logits.dtype}"
@@ -87,7 +90,7 @@ class CrossEntropyLoss(Loss):
             )
         n, c = logits.shape
         be = self.backend
-        if not be.owns(target):  # host labels: validate here, once, before they move
+        if be.device == "cpu" or not be.owns(target):  # host labels: validate here, once
             import numpy as np  # host-side validation of user labels, not compute
 
             t = np.asarray(target)
