@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..backends import Backend, get_backend
-from ..nn.module import Parameter
+from ..nn.module import Parameter, parameters_backend
 
 
 class Optimizer:
@@ -38,6 +38,7 @@ class Optimizer:
                     f"{type(self).__name__} takes deepcore Parameters, got {type(p).__name__}"
                 )
         seen = {id(p) for g in self.param_groups for p in g["params"]}
+        parameters_backend([*self._params(), *params])  # one optimizer, one backend
         if any(id(p) in seen for p in params):
             raise ValueError("some parameters appear in more than one parameter group")
         merged = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
