@@ -41,6 +41,8 @@ class Optimizer:
         parameters_backend([*self._params(), *params])  # one optimizer, one backend
         if any(id(p) in seen for p in params):
             raise ValueError("some parameters appear in more than one parameter group")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("a parameter group contains a parameter more than once")
         merged = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
         self._validate(merged)
         merged["params"] = params
