@@ -567,6 +567,11 @@ class NumbaBackend(Backend):
             if l > 0:
                 d = self.gemm(d, weights[l])
         h = hyper
+        params = [*weights, *biases]
+        st = [
+            [a.reshape(p.shape) if a.size else a for a, p in zip(s, params, strict=False)]
+            for s in st
+        ]
         for i, (p, g) in enumerate(zip([*weights, *biases], [*wgrads, *bgrads], strict=True)):
             if optimizer == "sgd":
                 self.sgd_update(

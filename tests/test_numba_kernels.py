@@ -1,0 +1,154 @@
+"""Numba backend kernels against the NumPy reference backend and float64 formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from deepcore.backends import get_backend  # noqa: E402
+from deepcore.backends.base import ACTIVATIONS  # noqa: E402
+from deepcore.backends.numpy import NumpyBackend  # noqa: E402
+
+DTYPES = ("float32", "float64")
+TOL = {"float32": 2e-5, "float64": 1e-12}
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return get_backend("numba")
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return NumpyBackend()
+
+
+def rand(rng, shape, dt):
+    return rng.standard_normal(shape).astype(dt)
+
+
+def close(a, b, dt, scale=1.0):
+    a64 = np.asarray(a, np.float64)
+    b64 = np.asarray(b, np.float64)
+    err = np.abs(a64 - b64).max(initial=0.0) / max(1.0, np.abs(b64).max(initial=0.0))
+    assert err <= TOL[dt] * scale, err
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("impl", ["jit", "blas"])
+@pytest.mark.parametrize(
+    "m,n,k", [(1, 1, 1), (3, 33, 31), (64, 127, 1), (33, 1000, 3), (127, 64, 300)]
+)
+def test_gemm_all_transposes(nb, dt, impl, m, n, k, monkeypatch):
+    monkeypatch.setattr(nb, "gemm_impl", impl)
+    rng = np.random.default_rng(m * n + k)
+    for ta in (False, True):
+        for tb in (False, True):
+            a = rand(rng, (k, m) if ta else (m, k), dt)
+            b = rand(rng, (n, k) if tb else (k, n), dt)
+            c = rand(rng, (m, n), dt)
+            want = 0.5 * ((a.T if ta else a).astype(np.float64) @ (b.T if tb else b)) - 2.0 * c
+            got = nb.gemm(a, b, trans_a=ta, trans_b=tb, alpha=0.5, beta=-2.0, out=c)
+            assert got is c and got.dtype == np.dtype(dt)
+            close(got, want, dt, scale=k**0.5)
+            plain = nb.gemm(a, b, trans_a=ta, trans_b=tb)
+            close(plain, (a.T if ta else a).astype(np.float64) @ (b.T if tb else b), dt, k**0.5)
+
+
+def test_gemm_parallel_matches_and_is_deterministic(nb, monkeypatch):
+    monkeypatch.setattr(nb, "gemm_impl", "jit")
+    rng = np.random.default_rng(0)
+    a, b = rand(rng, (200, 300), "float32"), rand(rng, (260, 300), "float32")
+    c1 = nb.gemm(a, b, trans_b=True)
+    c2 = nb.gemm(a, b, trans_b=True)
+    assert np.array_equal(c1, c2)
+    close(c1, a.astype(np.float64) @ b.T, "float32", 20)
+
+
+def test_gemm_beta_zero_ignores_nan_out(nb, monkeypatch):
+    monkeypatch.setattr(nb, "gemm_impl", "jit")
+    a = np.ones((4, 5), np.float32)
+    out = np.full((4, 4), np.nan, np.float32)
+    nb.gemm(a, a, trans_b=True, out=out)
+    assert np.array_equal(out, np.full((4, 4), 5, np.float32))
+
+
+def test_gemm_impl_env_and_bad_value(nb, monkeypatch):
+    monkeypatch.setattr(nb, "gemm_impl", "fast")
+    a = np.ones((2, 2), np.float32)
+    with pytest.raises(ValueError, match="gemm_impl"):
+        nb.gemm(a, a)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+@pytest.mark.parametrize("shape", [(1, 3), (31, 33), (300, 260)])
+def test_linear_and_backward_match_reference(nb, ref, dt, kind, shape):
+    rng = np.random.default_rng(len(kind))
+    m, n = shape
+    x, w, b = rand(rng, (m, 17), dt), rand(rng, (n, 17), dt), rand(rng, (n,), dt)
+    p1, p2 = np.empty((m, n), dt), np.empty((m, n), dt)
+    y1 = nb.linear(x, w, b, kind, alpha=0.1, pre_out=p1)
+    y2 = ref.linear(x, w, b, kind, alpha=0.1, pre_out=p2)
+    assert y1.dtype == np.dtype(dt)
+    close(p1, p2, dt, 10)
+    close(y1, y2, dt, 10)
+    dy = rand(rng, (m, n), dt)
+    dx1, db1 = nb.activation_backward_bias_grad(kind, dy, x=p2, y=y2, alpha=0.1)
+    dx2, db2 = ref.activation_backward_bias_grad(kind, dy, x=p2, y=y2, alpha=0.1)
+    close(dx1, dx2, dt, 10)
+    close(db1, db2, dt, 10 * m**0.5)
+    close(nb.activation_backward(kind, dy, x=p2, y=y2, alpha=0.1), dx2, dt, 10)
+    close(nb.activation(kind, p2, alpha=0.1), y2, dt, 10)
+    # bitwise reproducible column sums; accumulate adds into db
+    dx3, db3 = nb.activation_backward_bias_grad(kind, dy, x=p2, y=y2, alpha=0.1)
+    assert np.array_equal(db1, db3) and np.array_equal(dx1, dx3)
+    acc = db3.copy()
+    kw = {"x": p2, "y": y2, "alpha": 0.1, "db_out": acc, "accumulate_db": True}
+    nb.activation_backward_bias_grad(kind, dy, **kw)
+    close(acc, 2 * db2.astype(np.float64), dt, 20 * m**0.5)
+
+
+def test_gelu_independent_formula(nb):
+    import math
+
+    x = np.linspace(-4, 4, 64).reshape(2, 32)
+    want = np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))(x)
+    close(nb.activation("gelu", x), want, "float64")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_bias_softmax_in_place(nb, ref, dt):
+    rng = np.random.default_rng(3)
+    x, b = rand(rng, (127, 64), dt), rand(rng, (64,), dt)
+    want = x.astype(np.float64) + b
+    assert nb.bias_add(x, b, out=x) is x
+    close(x, want, dt)
+    close(nb.bias_grad(x), want.sum(axis=0), dt, 50)
+    s = ref.softmax(x.copy())
+    assert nb.softmax(x, out=x) is x
+    close(x, s, dt)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 10), (127, 33)])
+def test_losses_match_reference(nb, ref, dt, shape):
+    rng = np.random.default_rng(shape[0])
+    z = rand(rng, shape, dt) * 5
+    labels = rng.integers(0, shape[1], shape[0])
+    for name, target in (
+        ("softmax_cross_entropy", labels),
+        ("bce_with_logits", rng.random(shape).astype(dt)),
+        ("mse", rand(rng, shape, dt)),
+    ):
+        l1, g1 = getattr(nb, name)(z, target)
+        l2, g2 = getattr(ref, name)(z, target)
+        assert l1.shape == () and l1.dtype == np.dtype(dt) and g1.dtype == np.dtype(dt)
+        close(l1, l2, dt, 10)
+        close(g1, g2, dt, 10)
+        out = np.empty_like(z)
+        assert getattr(nb, name)(z, target, grad_out=out)[1] is out
+    with pytest.raises(IndexError):
+        nb.softmax_cross_entropy(z, np.full(shape[0], shape[1]))

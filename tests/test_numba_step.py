@@ -1,0 +1,203 @@
+"""Numba optimizer kernels, the whole-step path and deepcore.threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from deepcore import threads  # noqa: E402
+from deepcore.backends import get_backend  # noqa: E402
+from deepcore.backends.numpy import NumpyBackend  # noqa: E402
+
+DTYPES = ("float32", "float64")
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return get_backend("numba")
+
+
+def _states(rng, shape, dt, n):
+    return [np.abs(rng.standard_normal(shape)).astype(dt) for _ in range(n)]
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("size", [1, 1000, 70_000])
+@pytest.mark.parametrize(
+    "rule,kw",
+    [
+        ("sgd", {"lr": 0.1}),
+        ("sgd", {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
+        ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True}),
+        ("sgd", {"lr": 0.1, "momentum": 0.9, "first_step": True}),
+        ("adam", {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "step": 3}),
+        (
+            "adam",
+            {
+                "lr": 1e-3,
+                "beta1": 0.8,
+                "beta2": 0.99,
+                "eps": 1e-8,
+                "step": 1,
+                "weight_decay": 0.1,
+                "decoupled": True,
+                "amsgrad": True,
+            },
+        ),  # fmt: skip
+        (
+            "adam",
+            {
+                "lr": 1e-3,
+                "beta1": 0.9,
+                "beta2": 0.999,
+                "eps": 1e-8,
+                "step": 7,
+                "weight_decay": 0.1,
+                "maximize": True,
+            },
+        ),  # fmt: skip
+        ("rmsprop", {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8}),
+        (
+            "rmsprop",
+            {
+                "lr": 1e-2,
+                "alpha": 0.9,
+                "eps": 1e-8,
+                "momentum": 0.9,
+                "centered": True,
+                "weight_decay": 0.01,
+            },
+        ),  # fmt: skip
+    ],
+)
+def test_optimizer_matches_reference_bitwise(nb, dt, size, rule, kw):
+    rng = np.random.default_rng(size)
+    shape = (size,) if size < 1000 else (size // 100, 100)
+    p, g = _states(rng, shape, dt, 2)
+    s = _states(rng, shape, dt, 3)
+    s[2] *= 0.01  # centered RMSprop: keep square_avg - grad_avg**2 positive
+    runs = []
+    for be in (nb, NumpyBackend()):
+        pp, ss = p.copy(), [a.copy() for a in s]
+        if rule == "sgd":
+            be.sgd_update(pp, g, ss[0], **kw)
+        elif rule == "adam":
+            be.adam_update(pp, g, ss[0], ss[1], max_exp_avg_sq=ss[2], **kw)
+        else:
+            be.rmsprop_update(pp, g, ss[0], momentum_buffer=ss[1], grad_avg=ss[2], **kw)
+        assert pp.dtype == np.dtype(dt)
+        runs.append((pp, ss))
+    (p1, s1), (p2, s2) = runs
+    # same operation order and host-side scalars: equal up to sqrt/division rounding only
+    np.testing.assert_allclose(p1, p2, rtol=1e-6 if dt == "float32" else 1e-14, atol=0)
+    for a, b in zip(s1, s2, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6 if dt == "float32" else 1e-14, atol=0)
+    if rule == "sgd":
+        assert np.array_equal(p1, p2)
+
+
+def _reference_step(ws, bs, acts, x, labels, opt, state, hp):
+    """Plain NumPy float64 maths of one MLP step (forward, CE, backward, update)."""
+    ws = [w.astype(np.float64) for w in ws]
+    bs = [b.astype(np.float64) for b in bs]
+    f = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "identity": lambda z: z}
+    df = {"relu": lambda z, a: (a > 0) * 1.0, "tanh": lambda z, a: 1 - a * a,
+          "identity": lambda z, a: 1.0}  # fmt: skip
+    inputs, zs = [x.astype(np.float64)], []
+    for w, b, a in zip(ws, bs, acts, strict=True):
+        zs.append(inputs[-1] @ w.T + b)
+        inputs.append(f[a](zs[-1]))
+    z = inputs[-1]
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    sm = e / e.sum(axis=1, keepdims=True)
+    n = len(labels)
+    loss = -np.log(sm[np.arange(n), labels]).mean()
+    d = sm
+    d[np.arange(n), labels] -= 1
+    d /= n
+    gws, gbs = [None] * len(ws), [None] * len(ws)
+    for l in range(len(ws) - 1, -1, -1):
+        d = d * df[acts[l]](zs[l], inputs[l + 1])
+        gws[l], gbs[l] = d.T @ inputs[l], d.sum(axis=0)
+        d = d @ ws[l]
+    params, grads = [*ws, *bs], [*gws, *gbs]
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        if opt == "sgd":
+            buf = state[0][i].reshape(p.shape).astype(np.float64)
+            buf = hp["momentum"] * buf + g
+            p -= hp["lr"] * buf
+        else:
+            m1 = 0.1 * g
+            v = 0.001 * g * g
+            p -= hp["lr"] / 0.1 * m1 / (np.sqrt(v) / np.sqrt(0.001) + 1e-8)
+    return loss, params, grads
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("big", [False, True])
+def test_fused_mlp_step_matches_layer_maths(nb, dt, opt, big, monkeypatch):
+    import deepcore.backends.numba as mod
+
+    if big:  # force the layer-by-layer route
+        monkeypatch.setattr(mod, "FUSED_STEP_MAX_WORK", 0)
+    rng = np.random.default_rng(7)
+    sizes = (13, 33, 31, 10)
+    ws = [
+        rng.standard_normal((o, i)).astype(dt) * 0.3 for i, o in zip(sizes, sizes[1:], strict=False)
+    ]
+    bs = [rng.standard_normal(o).astype(dt) * 0.1 for o in sizes[1:]]
+    x = rng.standard_normal((5, 13)).astype(dt)
+    labels = rng.integers(0, 10, 5)
+    acts = ("relu", "tanh", "identity")
+    scale = [1.0 if opt == "sgd" else 0.0, 0.0]  # Adam state starts at zero (step 1)
+    state = [[rng.standard_normal(a.size).astype(dt) * s for a in (*ws, *bs)] for s in scale]
+    hp = {"lr": 0.05, "momentum": 0.9}
+    want_loss, want_p, want_g = _reference_step(ws, bs, acts, x, labels, opt, state, hp)
+    gws = [np.empty_like(w) for w in ws]
+    gbs = [np.empty_like(b) for b in bs]
+    kw = {"momentum": 0.9} if opt == "sgd" else {"step": 1}
+    loss = nb.fused_mlp_step(ws, bs, gws, gbs, acts, x, labels, opt, lr=0.05,
+                             state=state[: 1 if opt == "sgd" else 2], **kw)  # fmt: skip
+    tol = 2e-5 if dt == "float32" else 1e-12
+    assert loss.shape == () and loss.dtype == np.dtype(dt)
+    np.testing.assert_allclose(loss, want_loss, rtol=tol)
+    for got, want in zip([*gws, *gbs], want_g, strict=True):
+        np.testing.assert_allclose(got, want, rtol=tol * 10, atol=tol)
+    for got, want in zip([*ws, *bs], want_p, strict=True):
+        np.testing.assert_allclose(got, want, rtol=tol * 10, atol=tol * 10)
+
+
+def test_fused_step_bitwise_reproducible(nb):
+    rng = np.random.default_rng(1)
+    ws0 = [rng.standard_normal(s).astype("float32") for s in ((16, 8), (4, 16))]
+    bs0 = [np.zeros(16, "float32"), np.zeros(4, "float32")]
+    x = rng.standard_normal((9, 8)).astype("float32")
+    y = rng.integers(0, 4, 9)
+    results = []
+    for _ in range(2):
+        ws, bs = [w.copy() for w in ws0], [b.copy() for b in bs0]
+        gws, gbs = [np.empty_like(w) for w in ws], [np.empty_like(b) for b in bs]
+        for _ in range(3):
+            nb.fused_mlp_step(ws, bs, gws, gbs, ("relu", "identity"), x, y, "sgd", lr=0.1)
+        results.append([*ws, *bs])
+    for a, b in zip(*results, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_threads_api(nb):
+    old = threads.get_num_threads()
+    with pytest.raises(ValueError, match=">= 1"):
+        threads.set_num_threads(0)
+    threads.set_num_threads(1)
+    assert threads.get_num_threads() == 1
+    threads.set_num_threads(old)
+    info = threads.threading_info()
+    assert {"numba_threads", "blas_threads", "numba_threading_layer"} <= set(info)
+    assert nb.info()["name"] == "numba"
+
+
+def test_warmup_returns_seconds(nb):
+    assert nb.warmup(("float32",)) >= 0.0
