@@ -1,0 +1,7 @@
+"""`python -m deepcore.bench ...`: the same as `deepcore bench ...`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

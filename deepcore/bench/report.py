@@ -1,0 +1,219 @@
+"""Presenting results: one table (rich when installed, else aligned plain text), JSON, and a
+PNG bar chart of samples/s per runner and workload on a log scale (matplotlib, optional)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+ANCHOR_ORDER = ("torch-cpu", "torch-cuda", "sklearn", "numpy-loop")
+BASE_COLUMNS = (
+    "backend",
+    "workload",
+    "optimizer",
+    "dtype",
+    "gate",
+    "samples/s",
+    "warm-up s",
+    "GFLOP/s",
+    "% gemm",
+    "peak MB",
+)
+
+
+def _num(v: Any, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, fmt)
+
+
+def ratio_anchors(rows: list[dict[str, Any]]) -> list[str]:
+    """Anchors that appear as a ratio somewhere, in a fixed order."""
+    seen = {a for r in rows for a in r.get("ratios", {})}
+    return [a for a in ANCHOR_ORDER if a in seen] + sorted(seen - set(ANCHOR_ORDER))
+
+
+def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(column headers, cells): one line per row; ratios as 'N.NNx' against each anchor."""
+    anchors = ratio_anchors(rows)
+    headers = [*BASE_COLUMNS, *(f"x {a}" for a in anchors)]
+    cells = []
+    for r in rows:
+        status = r.get("status", "?")
+        failed = status not in ("ok", "not gated")
+        line = [
+            r["runner"] + (" *" if r.get("kind") == "anchor" else ""),
+            r["workload"],
+            r["optimizer"],
+            r["dtype"],
+            status,
+            _num(r.get("samples_per_s"), ",.0f"),
+            _num(r.get("warmup_s"), ".2f"),
+            "-" if failed else _num(r.get("gflops"), ".1f"),
+            "-" if failed or r.get("gemm_share") is None else f"{100 * r['gemm_share']:.0f}%",
+            _num(r.get("peak_mem_mb"), ".0f"),
+        ]
+        ratios = r.get("ratios", {})
+        line += [f"{ratios[a]:.2f}x" if a in ratios else "" for a in anchors]
+        cells.append(line)
+    return headers, cells
+
+
+def plain_table(headers: list[str], cells: list[list[str]]) -> str:
+    """Aligned text: names left, numbers right."""
+    widths = [
+        max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+    left = {0, 1, 2, 3, 4}
+
+    def fmt(items: list[str]) -> str:
+        return "  ".join(
+            s.ljust(w) if i in left else s.rjust(w)
+            for i, (s, w) in enumerate(zip(items, widths, strict=True))
+        ).rstrip()
+
+    lines = [fmt(headers), "  ".join("-" * w for w in widths)]
+    lines += [fmt(c) for c in cells]
+    return "\n".join(lines)
+
+
+def footnotes(result: dict[str, Any]) -> list[str]:
+    rows = result["rows"]
+    methods = sorted({r["mem_method"] for r in rows if r.get("mem_method")})
+    gemm = ", ".join(f"{k} {v:.1f}" for k, v in result["gemm_gflops"].items())
+    end = ", ".join(f"{k} {v:.1f}" for k, v in result.get("gemm_gflops_end", {}).items())
+    notes = [
+        "* anchor. samples/s: median of timed windows after warm-up; warm-up s: compile + "
+        "first step; GFLOP/s = 6 x params x samples/s.",
+        f"% gemm: share of np.matmul's rate at {result['gemm_size']}^3 in this run "
+        f"(GFLOP/s at start: {gemm}; at end: {end}).",
+        f"peak MB: {', '.join(methods) or 'n/a'}, over the row (model, optimizer state, "
+        "activations and library workspaces).",
+        "x anchor: this row's samples/s over the anchor's (same workload, optimizer, dtype). "
+        "FAILED rows disagree with the numpy backend's losses and are not ranked.",
+    ]
+    for r in rows:
+        if r.get("status") == "not gated":
+            notes.append(
+                f"not gated: {r['runner']} {r['workload']} {r['optimizer']} "
+                f"{r['dtype']}: {r.get('gate_note')}"
+            )
+        if r.get("status") == "error":
+            notes.append(f"error: {r['runner']} {r['workload']}: {r.get('error')}")
+    return notes + list(result.get("notes", []))
+
+
+def render(result: dict[str, Any], stream: IO[str] | None = None) -> None:
+    """Print the table (rich if installed) and its footnotes."""
+    stream = stream or sys.stdout
+    headers, cells = table(result["rows"])
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(plain_table(headers, cells), file=stream)
+    else:
+        t = Table(title="deepcore bench", show_lines=False)
+        for i, h in enumerate(headers):
+            t.add_column(h, justify="left" if i < 5 else "right", no_wrap=True)
+        for c in cells:
+            style = "red" if c[4] not in ("ok", "not gated") else None
+            t.add_row(*c, style=style)
+        Console(file=stream, width=max(120, 14 * len(headers))).print(t)
+    for n in footnotes(result):
+        print(n, file=stream)
+    extra = result.get("sklearn_compare")
+    if extra:
+        print("\nscikit-learn comparison (benchmarks/sklearn_compare.py):", file=stream)
+        keys = list(dict.fromkeys(k for row in extra for k in row))
+        body = [[_cell(row.get(k)) for k in keys] for row in extra]
+        print(plain_table(keys, body), file=stream)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def write_json(path: str | Path, result: dict[str, Any]) -> None:
+    """Rows, machine info and configuration as JSON (non-finite numbers become null)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if hasattr(v, "item") and callable(v.item):  # numpy scalars
+            return clean(v.item())
+        return v
+
+    Path(path).write_text(json.dumps(clean(result), indent=2, default=str) + "\n")
+
+
+def plot(path: str | Path, result: dict[str, Any]) -> None:
+    """Grouped bars: one group per workload/optimizer/dtype, one bar per runner, log scale."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError(
+            "--plot needs matplotlib: pip install matplotlib (or 'deepcore[plot]')"
+        ) from None
+    rows = [r for r in result["rows"] if r.get("samples_per_s")]
+    groups = list(dict.fromkeys((r["workload"], r["optimizer"], r["dtype"]) for r in rows))
+    runners = list(dict.fromkeys(r["runner"] for r in rows))
+    width = 0.8 / max(1, len(runners))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.4 * len(groups) + 4), 4.8), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for j, name in enumerate(runners):
+        xs, ys, hatches = [], [], []
+        for g, key in enumerate(groups):
+            for r in rows:
+                if r["runner"] == name and (r["workload"], r["optimizer"], r["dtype"]) == key:
+                    xs.append(g + (j - (len(runners) - 1) / 2) * width)
+                    ys.append(r["samples_per_s"])
+                    hatches.append(r.get("status") not in ("ok", "not gated"))
+        anchor = any(r["runner"] == name and r.get("kind") == "anchor" for r in rows)
+        bars = ax.bar(
+            xs,
+            ys,
+            width,
+            label=name + (" (anchor)" if anchor else ""),
+            color=cmap(j % 10),
+            edgecolor="black",
+            linewidth=0.4,
+        )
+        for bar, bad in zip(bars, hatches, strict=True):
+            if bad:
+                bar.set_hatch("xx")
+                bar.set_alpha(0.4)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{w}\n{o} {d}" for w, o, d in groups])
+    ax.set_ylabel("training samples / s (log scale)")
+    date = result.get("machine", {}).get("date", "")
+    cpu = result.get("machine", {}).get("cpu", "")
+    ax.set_title(f"deepcore bench: {cpu} ({date})", fontsize=10)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if any(r.get("status") == "FAILED" for r in rows):
+        ax.text(
+            0.99,
+            0.01,
+            "hatched = FAILED the correctness gate",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

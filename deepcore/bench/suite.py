@@ -1,0 +1,286 @@
+"""The benchmark run: for every workload, dtype and optimizer, train the same steps from the same
+weights on every backend and anchor, gate them on their losses, time them, and relate the rows.
+
+A backend that is fast but wrong must not win: its first `gate_steps` losses must match the NumPy
+backend's (rtol 1e-3 in float32, 1e-9 in float64) or its row is FAILED and never ranked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import anchors as anc
+from .machine import blas_threads, machine_info, thread_counts
+from .runners import DeepcoreRunner, Runner, Skip
+from .timing import CupyPoolMemory, HostMemory, TorchCudaMemory, gemm_rate, measure
+from .workloads import DEFAULT_LR, Workload, initial_state, make_batches
+
+GATE_RTOL = {"float32": 1e-3, "float64": 1e-9}
+Log = Callable[[str], None]
+
+
+@dataclass
+class BenchConfig:
+    """Everything a run needs; built from command-line arguments by `deepcore.bench.config`."""
+
+    workloads: list[Workload]
+    backends: list[str]
+    optimizers: list[str] = field(default_factory=lambda: ["sgd", "adam"])
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    anchors: list[str] = field(default_factory=lambda: list(anc.ANCHORS))
+    budget_s: float = 1.5
+    windows: int = 5
+    gate_steps: int | None = None
+    seed: int = 0
+    gemm_size: int = 1024
+    threads: int | None = None
+    lr: float | None = None
+    sklearn_compare: bool = True
+
+
+@dataclass
+class Spec:
+    name: str
+    kind: str
+    make: Callable[[], Runner]
+    memory: Callable[[], Any]
+
+
+def gate_check(losses: list[float], ref: list[float], dtype: str) -> tuple[bool, float]:
+    """(passed, largest relative deviation) of a runner's gate losses from the reference's."""
+    if len(losses) != len(ref) or not all(math.isfinite(v) for v in losses):
+        return False, math.inf
+    dev = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(losses, ref, strict=True))
+    return dev <= GATE_RTOL[dtype], dev
+
+
+def _specs(cfg: BenchConfig, w: Workload, opt: str, dtype: str, state: Any, lr: float) -> list:
+    """Backends first (numpy leads, so its losses are the reference), then the anchors."""
+    args = (w, opt, dtype, state, lr)
+    specs = []
+    for name in sorted(cfg.backends, key=lambda n: n != "numpy"):
+        mem = CupyPoolMemory if name.startswith("cupy") else HostMemory
+        specs.append(Spec(name, "backend", lambda n=name: DeepcoreRunner(n, *args), mem))
+    if "torch" in cfg.anchors:
+        specs.append(Spec("torch-cpu", "anchor", lambda: anc.TorchRunner(*args), HostMemory))
+        if anc.torch_cuda_available():
+            specs.append(
+                Spec(
+                    "torch-cuda",
+                    "anchor",
+                    lambda: anc.TorchRunner(*args, device="cuda"),
+                    TorchCudaMemory,
+                )
+            )
+    if "sklearn" in cfg.anchors:
+        specs.append(Spec("sklearn", "anchor", lambda: anc.SklearnRunner(*args), HostMemory))
+    if "numpy-loop" in cfg.anchors:
+        specs.append(
+            Spec(
+                "numpy-loop",
+                "anchor",
+                lambda: anc.NumpyLoopRunner(*args),
+                HostMemory,
+            )
+        )
+    return specs
+
+
+def _row_base(spec: Spec, w: Workload, opt: str, dtype: str) -> dict[str, Any]:
+    return {
+        "runner": spec.name,
+        "kind": spec.kind,
+        "workload": w.name,
+        "sizes": list(w.sizes),
+        "batch": w.batch,
+        "optimizer": opt,
+        "dtype": dtype,
+    }
+
+
+def _run_spec(spec: Spec, cfg: BenchConfig, w: Workload, batches: list, gate_steps: int) -> dict:
+    gc.collect()
+    probe = spec.memory()
+    runner = spec.make()
+    m = measure(runner, batches, gate_steps=gate_steps, budget_s=cfg.budget_s, windows=cfg.windows)
+    row = {
+        "device": runner.device,
+        "gated": runner.gated,
+        "gate_note": runner.gate_note,
+        "losses": m.losses,
+        "samples_per_s": m.samples_per_s,
+        "warmup_s": m.warmup_s,
+        "compile_s": m.compile_s,
+        "step_ms": m.step_s * 1e3,
+        "window_rates": m.window_rates,
+        "steps_per_window": m.steps_per_window,
+        "spread": (max(m.window_rates) - min(m.window_rates)) / m.samples_per_s,
+        "peak_mem_mb": probe.peak() / 2**20,
+        "mem_method": probe.method,
+        "info": runner.info(),
+    }
+    del runner
+    return row
+
+
+def _reference(
+    cfg: BenchConfig,
+    w: Workload,
+    dtype: str,
+    opt: str,
+    state: Any,
+    lr: float,
+    batches: list,
+    gate_steps: int,
+) -> list[float]:
+    """The NumPy backend's gate losses (trained here only when numpy is not being timed)."""
+    runner = DeepcoreRunner("numpy", w, opt, dtype, state, lr)
+    return [runner.loss_step(runner.put(*batches[i % len(batches)])) for i in range(gate_steps)]
+
+
+def _threads(cfg: BenchConfig, stack: contextlib.ExitStack, log: Log) -> int:
+    """Pin every library to the same thread count (ours): --threads, else BLAS's own."""
+    n = cfg.threads or blas_threads() or os.cpu_count() or 1
+    if cfg.threads:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(limits=n))
+        except ImportError:
+            log("note: threadpoolctl is not installed; BLAS threads are not limited")
+        try:
+            from .. import set_num_threads
+
+            set_num_threads(n)
+        except (ImportError, AttributeError):
+            pass
+    if "torch" in cfg.anchors:
+        import torch
+
+        torch.set_num_threads(n)
+    return n
+
+
+def _gemm_rates(cfg: BenchConfig) -> dict[str, float]:
+    rates = {f"cpu-{d}": gemm_rate(cfg.gemm_size, d) for d in cfg.dtypes}
+    if any(b.startswith("cupy") for b in cfg.backends):
+        import cupy
+
+        sync = cupy.cuda.Device().synchronize
+        for d in cfg.dtypes:
+            rates[f"cuda-{d}"] = gemm_rate(cfg.gemm_size, d, xp=cupy, sync=sync)
+    return rates
+
+
+def _relate(rows: list[dict], gemm: dict[str, float]) -> None:
+    """GFLOP/s, share of the GEMM rate, and each row's speed ratio to every anchor."""
+    for r in rows:
+        if "samples_per_s" not in r:
+            continue
+        params = sum(a * b + b for a, b in zip(r["sizes"][:-1], r["sizes"][1:], strict=False))
+        r["gflops"] = 6.0 * params * r["samples_per_s"] / 1e9
+        dev = "cuda" if str(r.get("device", "cpu")).startswith("cuda") else "cpu"
+        rate = gemm.get(f"{dev}-{r['dtype']}")
+        r["gemm_share"] = r["gflops"] / rate if rate else None
+    ranked = [r for r in rows if r.get("status") in ("ok", "not gated")]
+    for r in rows:
+        r["ratios"] = {}
+        if r not in ranked:
+            continue
+        for a in ranked:
+            same = (a["workload"], a["optimizer"], a["dtype"]) == (
+                r["workload"],
+                r["optimizer"],
+                r["dtype"],
+            )
+            if a["kind"] == "anchor" and same and a is not r:
+                r["ratios"][a["runner"]] = r["samples_per_s"] / a["samples_per_s"]
+
+
+def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
+    """Run every row; returns {"rows", "machine", "gemm_gflops", "config", "notes"}."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    notes: list[str] = []
+    for a in list(cfg.anchors):
+        ok, why = anc.anchor_available(a)
+        if not ok:
+            notes.append(f"anchor {a} skipped: {why}")
+            log(notes[-1])
+            cfg.anchors.remove(a)
+    rows: list[dict[str, Any]] = []
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    with contextlib.ExitStack() as stack:
+        threads = _threads(cfg, stack, log)
+        log(f"threads: {threads}; measuring GEMM rate at {cfg.gemm_size}^3 ...")
+        gemm = _gemm_rates(cfg)
+        log("  " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in gemm.items()))
+        combos = [(w, d, o) for w in cfg.workloads for d in cfg.dtypes for o in cfg.optimizers]
+        skipped: set[str] = set()
+        for i, (w, dtype, opt) in enumerate(combos, 1):
+            lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[opt]
+            gate_steps = cfg.gate_steps or w.gate_steps
+            state = initial_state(w, dtype, cfg.seed)
+            batches = make_batches(w, dtype, cfg.seed)
+            log(f"[{i}/{len(combos)}] {w.name} ({w.shape}, batch {w.batch}) {opt} {dtype}")
+            ref = None
+            if "numpy" not in cfg.backends:
+                ref = _reference(cfg, w, dtype, opt, state, lr, batches, gate_steps)
+            for spec in _specs(cfg, w, opt, dtype, state, lr):
+                row = _row_base(spec, w, opt, dtype)
+                try:
+                    row.update(_run_spec(spec, cfg, w, batches, gate_steps))
+                except Skip as exc:
+                    if spec.name not in skipped:
+                        notes.append(f"{spec.name} skipped: {exc}")
+                        log("  " + notes[-1])
+                    skipped.add(spec.name)
+                    continue
+                except Exception as exc:  # one broken runner must not end the run
+                    row.update(status="error", error=f"{type(exc).__name__}: {exc}")
+                    rows.append(row)
+                    log(f"  {spec.name:<11} ERROR {row['error']}")
+                    continue
+                if spec.name == "numpy" and ref is None:
+                    ref = row["losses"]
+                ok, dev = gate_check(row["losses"], ref, dtype)
+                row["gate_dev"] = dev
+                row["status"] = ("ok" if ok else "FAILED") if row["gated"] else "not gated"
+                rows.append(row)
+                flag = "" if row["status"] == "ok" else f"  [{row['status']}]"
+                log(
+                    f"  {spec.name:<11} {row['samples_per_s']:>12,.0f} samples/s  "
+                    f"warm-up {row['warmup_s']:.2f}s  gate dev {dev:.1e}{flag}"
+                )
+        gemm_end = _gemm_rates(cfg)
+        _relate(rows, gemm)
+        machine = machine_info()
+        machine["threads"] = thread_counts()
+        machine["loadavg_start"] = load_start
+    return {
+        "rows": rows,
+        "machine": machine,
+        "gemm_gflops": gemm,
+        "gemm_gflops_end": gemm_end,
+        "gemm_size": cfg.gemm_size,
+        "notes": notes,
+        "config": {
+            "workloads": [w.describe() for w in cfg.workloads],
+            "backends": cfg.backends,
+            "optimizers": cfg.optimizers,
+            "dtypes": cfg.dtypes,
+            "anchors": cfg.anchors,
+            "budget_s": cfg.budget_s,
+            "windows": cfg.windows,
+            "seed": cfg.seed,
+            "threads": threads,
+            "lr": cfg.lr or DEFAULT_LR,
+            "gate_rtol": GATE_RTOL,
+        },
+    }
