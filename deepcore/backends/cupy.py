@@ -151,9 +151,9 @@ class CupyBackend(CupyStepsMixin):
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         """A device array from host data (NumPy arrays included: for a GPU backend they are host
         data, converted to `dtype` at this boundary) or one of this backend's own arrays."""
-        if isinstance(x, np.ndarray) or (not self.owns(x) and array_backend_name(x) is None):
-            return self._from_host(np.asarray(x, dtype=dtype))
-        return super().asarray(x, dtype=dtype)
+        if self.owns(x) or array_backend_name(x) not in (None, "numpy"):
+            return super().asarray(x, dtype=dtype)
+        return self._from_host(np.asarray(x, dtype=dtype))
 
     def _from_host(self, x: np.ndarray) -> Any:
         return self._alloc(lambda: self.xp.asarray(np.ascontiguousarray(x)), x.shape, x.dtype)
