@@ -121,10 +121,10 @@ class NumbaBackend(Backend):
             if beta != 0.0:
                 raise ValueError("gemm: beta != 0 needs out=")
             out = np.empty((m, n), a.dtype)
-        elif out.shape != (m, n) or out.dtype != a.dtype:
-            raise ShapeError(
-                f"gemm: out has shape {out.shape} {out.dtype}, expected {(m, n)} {a.dtype}"
-            )
+        elif out.dtype != a.dtype:
+            raise DtypeError(f"gemm: out has dtype {out.dtype}, expected {a.dtype}")
+        elif out.shape != (m, n):
+            raise ShapeError(f"gemm: out has shape {out.shape}, expected {(m, n)}")
         if not out.flags.c_contiguous:
             return super().gemm(a, b, trans_a, trans_b, alpha, beta, out)
         a = np.ascontiguousarray(a)
