@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import numpy as np
 
@@ -79,6 +79,28 @@ def _looks_like_text(head: bytes) -> bool:
     return bool(head) and all(b in b"\t\n\r" or 32 <= b < 127 for b in head)
 
 
+def _explain_unreadable(path: Path, data: bytes, n: int) -> NoReturn:
+    """Raise the CheckpointError that best says why `data` is not a safetensors file."""
+    size = len(data)
+    if size == 0:
+        raise CheckpointError(f"{path}: file is empty (0 bytes), not a checkpoint")
+    if data[:1] == b"\x80" and size > 2 and 2 <= data[1] <= 5 and data[2] != 0:
+        raise CheckpointError(
+            f"{path}: is a Python pickle, not a safetensors checkpoint; deepcore never loads "
+            f"pickles (they can run code)"
+        )
+    if _looks_like_text(data[:64]):
+        raise CheckpointError(f"{path}: is a text file, not a safetensors checkpoint")
+    if size < 8:
+        raise CheckpointError(f"{path}: only {size} bytes; truncated or not a checkpoint")
+    if n > size - 8:
+        raise CheckpointError(
+            f"{path}: truncated or not a safetensors file (header claims {n} bytes, "
+            f"the file has {size})"
+        )
+    raise CheckpointError(f"{path}: corrupt or not a safetensors file (no JSON header)")
+
+
 def read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors (host NumPy) and string metadata of the deepcore checkpoint at `path`."""
     try:
@@ -88,23 +110,9 @@ def read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
     size = len(data)
-    if size == 0:
-        raise CheckpointError(f"{path}: file is empty (0 bytes), not a checkpoint")
-    if data[:1] == b"\x80" and size > 1 and 2 <= data[1] <= 5:
-        raise CheckpointError(
-            f"{path}: is a Python pickle, not a safetensors checkpoint; deepcore never loads "
-            f"pickles (they can run code)"
-        )
-    if size < 8:
-        raise CheckpointError(f"{path}: only {size} bytes; truncated or not a checkpoint")
-    n = int.from_bytes(data[:8], "little")
-    if n > size - 8:
-        if _looks_like_text(data[:64]):
-            raise CheckpointError(f"{path}: is a text file, not a safetensors checkpoint")
-        raise CheckpointError(
-            f"{path}: truncated or not a safetensors file (header claims {n} bytes, "
-            f"the file has {size})"
-        )
+    n = int.from_bytes(data[:8], "little") if size >= 8 else -1
+    if not 0 <= n <= size - 8 or data[8:9] != b"{":
+        _explain_unreadable(path, data, n)
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
         if not isinstance(header, dict):
