@@ -70,7 +70,10 @@ def _split(spec: str) -> tuple[str, int | None]:
         )
     if dev:
         if base != "cupy" or not dev.isdigit():
-            raise ValueError(f"bad backend {spec!r}: only cupy takes a device index, as 'cupy:N'")
+            raise ValueError(
+                f"bad backend {spec!r}: only cupy takes a device index, as 'cupy:N'; "
+                f"expected one of {', '.join(BACKEND_NAMES)}, 'cupy:N' or 'auto'"
+            )
         return base, int(dev)
     return base, None
 
