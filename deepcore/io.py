@@ -133,7 +133,7 @@ def save(
     if trainer is not None:
         meta["trainer"] = {
             "loss": {
-                "type": type(trainer.loss_fn).__name__,
+                "type": _loss_name(trainer.loss_fn),
                 "reduction": trainer.loss_fn.reduction,
             },
             "clip_grad_norm": trainer.clip_grad_norm,
@@ -144,6 +144,14 @@ def save(
     target = Path(path)
     fmt.atomic_write(target, data)
     return target
+
+
+def _loss_name(loss: Any) -> str:
+    """The deepcore loss class behind `loss` (a user subclass resumes as its deepcore base)."""
+    for cls in type(loss).__mro__:
+        if cls.__module__ == "deepcore.nn.loss" and cls.__name__ != "Loss":
+            return cls.__name__
+    return type(loss).__name__
 
 
 def _optimizer_meta(model: Module, opt: Optimizer, tensors: dict[str, np.ndarray]) -> dict:
