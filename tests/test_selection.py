@@ -206,6 +206,9 @@ def test_a_backend_whose_probe_fails_is_unavailable(monkeypatch):
     avail = backends.available_backends()
     assert avail["fake"].available is False and not avail["fake"]
     assert "ImportError" in avail["fake"].reason and "no such module" in avail["fake"].reason
+    with pytest.raises(BackendUnavailableError, match="no such module"):
+        dc.get_backend("fake")
+    assert base(dc.get_backend("auto")) == _expected_auto()  # a broken probe is skipped
 
 
 def test_available_backends_gives_a_reason_for_each():

@@ -79,8 +79,11 @@ def _split(spec: str) -> tuple[str, int | None]:
 
 
 def _probe(base: str, device: int | None) -> tuple[bool, str]:
-    module = importlib.import_module(_MODULES[base])
-    return module.probe(device)
+    try:
+        module = importlib.import_module(_MODULES[base])
+        return module.probe(device)
+    except Exception as exc:  # a broken install must not break selection ("auto") or reports
+        return False, f"probe failed: {type(exc).__name__}: {exc}"
 
 
 def available_backends() -> dict[str, Availability]:
