@@ -31,8 +31,9 @@ def _num(v: Any, fmt: str) -> str:
 
 
 def ratio_anchors(rows: list[dict[str, Any]]) -> list[str]:
-    """Anchors that appear as a ratio somewhere, in a fixed order."""
-    seen = {a for r in rows for a in r.get("ratios", {})}
+    """Anchors with a ranked row (a ratio column each), in a fixed order."""
+    ranked = ("ok", "not gated")
+    seen = {r["runner"] for r in rows if r.get("kind") == "anchor" and r.get("status") in ranked}
     return [a for a in ANCHOR_ORDER if a in seen] + sorted(seen - set(ANCHOR_ORDER))
 
 

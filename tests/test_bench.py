@@ -1,0 +1,197 @@
+"""`deepcore bench`: a tiny run completes, reports what it promises, and a wrong backend FAILS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import deepcore.backends as registry
+from deepcore import bench
+from deepcore.backends.numpy import NumpyBackend
+from deepcore.bench import report
+from deepcore.bench.suite import gate_check, run_suite
+
+TINY = ["--sizes", "12,16,4", "--batch", "8", "--budget", "0.03", "--windows", "2"]
+FAST = [*TINY, "--gemm-size", "64", "--no-sklearn-compare", "--quiet"]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="deepcore bench")
+    bench.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+class WrongGemmBackend(NumpyBackend):
+    """Fast but wrong: every GEMM is 1% too large."""
+
+    name = "wrongnp"
+
+    def gemm(self, a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+        return super().gemm(a, b, trans_a, trans_b, alpha * 1.01, beta, out)
+
+
+@pytest.fixture
+def wrong_backend(monkeypatch: pytest.MonkeyPatch):
+    """Register WrongGemmBackend as 'wrongnp' for one test."""
+    mod = types.ModuleType("deepcore_test_wrong_backend")
+    mod.probe = lambda device=None: (True, "test fake")
+    mod.BACKEND_CLASS = WrongGemmBackend
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(registry._MODULES, "wrongnp", mod.__name__)
+    monkeypatch.setattr(registry, "BACKEND_NAMES", (*registry.BACKEND_NAMES, "wrongnp"))
+    yield "wrongnp"
+    registry._instances.pop("wrongnp", None)
+
+
+def test_tiny_run_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = bench.run(
+        parse([*FAST, "--backend", "numpy", "--anchors", "numpy-loop", "--json", str(out)])
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    for col in (
+        "backend",
+        "workload",
+        "optimizer",
+        "dtype",
+        "gate",
+        "samples/s",
+        "warm-up s",
+        "GFLOP/s",
+        "% gemm",
+        "peak MB",
+        "x numpy-loop",
+    ):
+        assert col in text
+    data = json.loads(out.read_text())
+    assert {"rows", "machine", "gemm_gflops", "config"} <= set(data)
+    rows = data["rows"]
+    assert {(r["runner"], r["optimizer"]) for r in rows} == {
+        (n, o) for n in ("numpy", "numpy-loop") for o in ("sgd", "adam")
+    }
+    for r in rows:
+        assert r["status"] == "ok" and r["samples_per_s"] > 0 and r["gflops"] > 0
+        assert r["workload"] == "custom" and r["sizes"] == [12, 16, 4] and r["batch"] == 8
+        assert len(r["losses"]) == 5 and r["mem_method"]
+    numpy_row = next(r for r in rows if r["runner"] == "numpy")
+    assert set(numpy_row["ratios"]) == {"numpy-loop"}
+    machine = data["machine"]
+    for key in ("cpu", "cores_logical", "threads", "versions", "date", "gpu"):
+        assert key in machine
+    assert machine["versions"]["numpy"] == np.__version__
+
+
+def test_wrong_backend_fails_the_gate(wrong_backend, capsys):
+    code = bench.run(
+        parse(
+            [
+                *FAST,
+                "--backend",
+                f"numpy,{wrong_backend}",
+                "--anchors",
+                "none",
+                "--optimizer",
+                "sgd",
+            ]
+        )
+    )
+    assert code == 1
+    headers, cells = report.table(
+        run_suite(
+            bench.config_from_args(
+                parse([*FAST, "--backend", wrong_backend, "--anchors", "numpy-loop"])
+            ),
+            log=lambda s: None,
+        )["rows"]
+    )
+    by_runner = {c[0]: dict(zip(headers, c, strict=True)) for c in cells}
+    wrong = [v for k, v in by_runner.items() if k.startswith(wrong_backend)]
+    assert wrong and all(v["gate"] == "FAILED" for v in wrong)
+    assert all(v["GFLOP/s"] == "-" and v["x numpy-loop"] == "" for v in wrong)
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_anchors_pass_the_gate_when_installed():
+    pytest.importorskip("sklearn")
+    pytest.importorskip("torch")
+    cfg = bench.config_from_args(
+        parse([*FAST, "--backend", "numpy", "--optimizer", "sgd", "--dtype", "float32,float64"])
+    )
+    rows = run_suite(cfg, log=lambda s: None)["rows"]
+    assert {r["runner"] for r in rows} >= {"numpy", "torch-cpu", "sklearn", "numpy-loop"}
+    assert all(r["status"] == "ok" for r in rows), [(r["runner"], r.get("gate_dev")) for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workload", "huge"], "unknown workload 'huge'"),
+        (["--backend", "numpyy"], "unknown backend 'numpyy'"),
+        (["--dtype", "float16"], "unknown dtype 'float16'"),
+        (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+        (["--anchors", "jax"], "unknown anchor 'jax'"),
+        (["--sizes", "10"], "at least two positive integers"),
+        (["--sizes", "a,b"], "comma-separated integers"),
+        (["--workload", "custom"], "needs --sizes"),
+        (["--budget", "0"], "--budget must be positive"),
+        (["--batch", "0"], "--batch must be a positive integer"),
+    ],
+)
+def test_bad_arguments_are_clear(argv, message, capsys):
+    assert bench.run(parse(argv)) == 2
+    err = capsys.readouterr().err
+    assert "deepcore bench: error:" in err and message in err
+
+
+def test_unavailable_backend_says_why(monkeypatch):
+    monkeypatch.setattr(registry, "_probe", lambda base, dev: (base == "numpy", "no such thing"))
+    with pytest.raises(bench.BenchError, match="not available here: no such thing"):
+        bench.config_from_args(parse(["--backend", "numba"]))
+
+
+def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "bench.png"
+    code = bench.run(
+        parse(
+            [
+                *FAST,
+                "--backend",
+                "numpy",
+                "--anchors",
+                "numpy-loop",
+                "--optimizer",
+                "adam",
+                "--plot",
+                str(png),
+            ]
+        )
+    )
+    assert code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gate_tolerances():
+    ref = [2.30, 2.25, 2.20]
+    assert gate_check([2.3001, 2.2501, 2.2001], ref, "float32")[0]
+    assert not gate_check([2.31, 2.25, 2.20], ref, "float32")[0]
+    assert not gate_check([2.3001, 2.25, 2.20], ref, "float64")[0]
+    assert not gate_check([float("nan"), 2.25, 2.20], ref, "float32")[0]
+    assert not gate_check(ref[:2], ref, "float32")[0]
+
+
+def test_import_is_light():
+    code = (
+        "import sys, deepcore.bench\n"
+        "heavy = ('torch', 'sklearn', 'matplotlib', 'rich', 'numba')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
