@@ -84,6 +84,12 @@ def _as_xy(data: Dataset | tuple[Any, Any], what: str) -> tuple[np.ndarray, np.n
     return X, y
 
 
+def _column_targets(y: np.ndarray, classify: bool) -> np.ndarray:
+    """Regression / binary targets of shape (n,) (as a Dataset holds them) as the (n, 1) column
+    a one-output model predicts; class labels stay 1-D."""
+    return y.reshape(-1, 1) if not classify and y.ndim == 1 else y
+
+
 class Trainer:
     """Trains `model` with `loss_fn` and `optimizer`; keeps everything a resume needs."""
 
@@ -152,6 +158,9 @@ class Trainer:
         X, y = _as_xy(train, "training data")
         val = _as_xy(validation, "validation data") if validation is not None else None
         classify = isinstance(self.loss_fn, CrossEntropyLoss)
+        y = _column_targets(y, classify)
+        if val is not None:
+            val = (val[0], _column_targets(val[1], classify))
         batches = BatchIterator(X, y, batch_size, shuffle=shuffle, rng=self.rng)
         check_every = 1 if self.backend.device == "cpu" else 50
         bar = _progress(progress, len(batches) * epochs)
@@ -235,6 +244,7 @@ def evaluate(
         loss_fn = LOSSES[loss_fn](backend=model.backend, dtype=model.dtype)
     loss_fn.backend = model.backend
     classify = isinstance(loss_fn, CrossEntropyLoss)
+    y = _column_targets(y, classify)
     was = model.training
     model.eval()
     total, correct = 0.0, 0
