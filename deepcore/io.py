@@ -253,10 +253,7 @@ def _meta(p: Path, meta: dict[str, str]) -> dict[str, Any]:
 def _fill(ckpt: Checkpoint, p: Path, tensors: dict, info: dict, *, rebuild: bool) -> None:
     """Load weights, optimizer and scheduler state into ckpt's objects (building them if asked)."""
     weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIM_PREFIX)}
-    try:
-        ckpt.model.load_state_dict(weights)
-    except (KeyError, ShapeError) as exc:
-        raise CheckpointError(f"{p}: does not fit the model: {exc.args[0]}") from None
+    _check_fits(p, ckpt.model, weights)  # every check before anything is written
     opt_info = info.get("optimizer")
     if opt_info is not None and (rebuild or ckpt.optimizer is not None):
         try:
@@ -271,6 +268,10 @@ def _fill(ckpt: Checkpoint, p: Path, tensors: dict, info: dict, *, rebuild: bool
             ckpt.scheduler = _build_scheduler(p, ckpt.optimizer, sched_info)
         elif ckpt.scheduler is not None:
             ckpt.scheduler.load_state_dict(dict(sched_info["state"]))
+    try:
+        ckpt.model.load_state_dict(weights)
+    except (KeyError, ShapeError) as exc:
+        raise CheckpointError(f"{p}: does not fit the model: {exc.args[0]}") from None
     ckpt.epoch = int(info.get("epoch", 0))
     ckpt.step = int(info.get("step", 0))
     ckpt.rng_state = info.get("rng")
@@ -279,6 +280,23 @@ def _fill(ckpt: Checkpoint, p: Path, tensors: dict, info: dict, *, rebuild: bool
     ckpt.trainer = info.get("trainer")
     ckpt.deepcore_version = str(info.get("deepcore_version", ""))
     ckpt.format_version = info["format_version"]
+
+
+def _check_fits(p: Path, model: Module, weights: dict[str, np.ndarray]) -> None:
+    """CheckpointError naming the first parameter whose name or shape does not fit `model`."""
+    own = {n: prm.shape for n, prm in model.named_parameters()}
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{p}: does not fit the model: missing {missing}, unexpected {unexpected}"
+        )
+    for name, shape in own.items():
+        if tuple(weights[name].shape) != shape:
+            raise CheckpointError(
+                f"{p}: does not fit the model: parameter {name!r} has shape "
+                f"{tuple(weights[name].shape)} in the checkpoint, the model expects {shape}"
+            )
 
 
 def _build_optimizer(model: Module, opt_info: dict[str, Any]) -> Optimizer:

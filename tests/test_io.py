@@ -118,6 +118,19 @@ def test_load_into_checks_every_shape_before_writing(tmp_path: Path) -> None:
         load_into(tmp_path / "m.safetensors", dc.nn.mlp([6, 8, 8, 3]))
 
 
+def test_load_into_bad_optimizer_leaves_model_unchanged(tmp_path: Path) -> None:
+    model = dc.nn.mlp([6, 8, 3])
+    dc.save(tmp_path / "m.safetensors", model, dc.optim.Adam(model.parameters()))
+    fresh = dc.nn.mlp([6, 8, 3])
+    before = fresh.state_dict()
+    params = list(fresh.parameters())
+    two_groups = dc.optim.Adam([{"params": params[:2]}, {"params": params[2:]}])
+    with pytest.raises(CheckpointError, match="parameter groups"):
+        load_into(tmp_path / "m.safetensors", fresh, two_groups)
+    for name, value in fresh.state_dict().items():
+        assert np.array_equal(value, before[name])
+
+
 def test_load_into_restores_optimizer_and_scheduler(tmp_path: Path) -> None:
     t = _trained()
     dc.save(tmp_path / "m.safetensors", trainer=t)
