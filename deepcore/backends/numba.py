@@ -20,8 +20,11 @@ import numpy as np
 from ..errors import DtypeError, ShapeError
 from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
 
-#: m*n*k at or below which the JIT GEMM beats BLAS here (benchmarks/numba_gemm_threshold.py).
-JIT_GEMM_MAX_WORK = 48**3
+#: m*n*k at or below which the JIT GEMM beats BLAS through this Python API. Measured with
+#: benchmarks/numba_gemm_threshold.py on the 2-core dev VM: BLAS won at every size (8^3: JIT
+#: 8.8 us vs BLAS 2.0 us, Python dispatch dominates), so "auto" means BLAS; the JIT GEMM runs
+#: inside fused_mlp_step, where there is no per-call dispatch.
+JIT_GEMM_MAX_WORK = 0
 #: m*n*k from which the JIT GEMM runs its parallel variant.
 PARALLEL_GEMM_WORK = 128**3
 #: Elements from which elementwise and optimizer kernels run their prange variants.
@@ -529,7 +532,16 @@ class NumbaBackend(Backend):
         return loss
 
     def _step_workspace(self, weights: Sequence[Any], m: int, dt: Any) -> tuple[Any, ...]:
-        """Preallocated per-layer buffers (z, a, d) and GEMM packing panels for batch m."""
+        """Preallocated per-layer buffers (z, a, d) and GEMM packing panels for batch m,
+        cached per (layer shapes, batch, dtype): one dict lookup per step."""
+        key = (tuple(w.shape for w in weights), m, np.dtype(dt).char)
+        cache = self.__dict__.setdefault("_step_ws", {})
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = self._make_step_workspace(weights, m, dt)
+        return hit
+
+    def _make_step_workspace(self, weights: Sequence[Any], m: int, dt: Any) -> tuple[Any, ...]:
         outs = [w.shape[0] for w in weights]
         zs = tuple(self.scratch(f"step_z{i}", (m, o), dt) for i, o in enumerate(outs))
         os_ = tuple(self.scratch(f"step_a{i}", (m, o), dt) for i, o in enumerate(outs))
