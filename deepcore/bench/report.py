@@ -96,6 +96,19 @@ def footnotes(result: dict[str, Any]) -> list[str]:
         "x anchor: this row's samples/s over the anchor's (same workload, optimizer, dtype). "
         "FAILED rows disagree with the numpy backend's losses and are not ranked.",
     ]
+    m = result.get("machine", {})
+    load, cores = m.get("loadavg_1_5_15"), m.get("cores_usable") or m.get("cores_logical")
+    if load and cores:
+        start = m.get("loadavg_start") or load
+        notes.append(
+            f"load average {start[0]:.1f} at start, {load[0]:.1f} at end, on {cores} usable cores."
+        )
+        if max(start[0], load[0]) > cores:
+            notes.append(
+                "WARNING: other processes compete for the cores: multi-threaded runners (torch "
+                "most) stall at every parallel barrier, so their ratios are unreliable; rerun on "
+                "a quiet machine, or with --threads 1 for a like-for-like single-thread run."
+            )
     for r in rows:
         if r.get("status") == "not gated":
             notes.append(
