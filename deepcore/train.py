@@ -103,6 +103,7 @@ class Trainer:
         scheduler: LRScheduler | None = None,
         seed: int | None = 0,
         clip_grad_norm: float | None = None,
+        fused: bool | str = "auto",
     ) -> None:
         self.model = model
         if isinstance(loss_fn, str):
@@ -120,6 +121,11 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
         self.history = History()
+        # "auto": use the backend's whole-step kernel when model, loss and optimizer fit it.
+        self.fused = fused
+        self._fused_step: Any = None
+        self._fused_for: Any = None
+        self._last_logits: Any = None
 
     @property
     def backend(self) -> Backend:
@@ -128,6 +134,12 @@ class Trainer:
     def train_step(self, xb: Any, yb: Any) -> Any:
         """One forward, backward and update; returns the loss as a 0-d backend array."""
         model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
+        fused = self._fused_plan()
+        if fused is not None:
+            loss = fused(xb, yb)
+            self.step += 1
+            self._last_logits = None
+            return loss
         logits = model(xb)
         loss = loss_fn(logits, yb)
         model.backward(loss_fn.backward(), need_input_grad=False)
@@ -138,6 +150,24 @@ class Trainer:
         self.step += 1
         self._last_logits = logits
         return loss
+
+    def _fused_plan(self) -> Any:
+        """The fused whole-step callable, re-planned when the backend changes; None if n/a."""
+        if self.fused is False or self.clip_grad_norm is not None:
+            return None
+        key = (self.model.backend, self.model.dtype)
+        if self._fused_for != key:
+            from .fused import plan_fused_step
+
+            self._fused_step = plan_fused_step(self.model, self.loss_fn, self.optimizer)
+            self._fused_for = key
+            if self.fused is True and self._fused_step is None:
+                raise ValueError(
+                    f"fused=True, but the {self.model.backend.name} backend has no fused step for "
+                    f"this model/loss/optimizer (needs Linear+activation layers with biases, "
+                    f"CrossEntropyLoss, SGD or Adam/AdamW with one parameter group)"
+                )
+        return self._fused_step
 
     def fit(
         self,
@@ -169,14 +199,15 @@ class Trainer:
             for _ in range(epochs):
                 self.model.train()
                 t0 = time.perf_counter()
-                total, seen = 0.0, 0
+                total, seen, counted = 0.0, 0, 0
                 correct: Any = 0  # a device scalar on GPU backends, read once per epoch
                 for i, (xb, yb) in enumerate(batches):
                     loss = self.train_step(xb, yb)
                     n = len(xb)
                     seen += n
-                    if classify:
+                    if classify and self._last_logits is not None:
                         correct = correct + self.backend.count_correct(self._last_logits, yb)
+                        counted += n
                     if i % check_every == 0 or i == len(batches) - 1:
                         value = float(loss)
                         if not math.isfinite(value):
@@ -202,8 +233,8 @@ class Trainer:
                     "samples_per_second": seen / seconds if seconds > 0 else float("inf"),
                     "lr": self.optimizer.param_groups[0]["lr"],
                 }
-                if classify:
-                    record["accuracy"] = int(correct) / seen
+                if classify and counted:
+                    record["accuracy"] = int(correct) / counted
                 if val is not None:
                     vm = self.evaluate(val, batch_size=max(batch_size, 256))
                     record.update({f"val_{k}": v for k, v in vm.items()})
