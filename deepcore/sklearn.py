@@ -56,6 +56,7 @@ _ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "identity
 #: kernels for different row counts, so without a fixed shape a float32 prediction could
 #: change by an ulp with what else is in the batch (scikit-learn checks it does not).
 _PREDICT_ROWS = 256
+_DENSIFY_BYTES = 256 << 20
 
 
 class _BaseMLP(BaseEstimator):
@@ -316,7 +317,10 @@ class _BaseMLP(BaseEstimator):
                 )
             batch = int(np.clip(self.batch_size, 1, n))
         be = self._model.backend
-        sparse = sp.issparse(X)
+        # Sparse X is densified once when that is small, else batch by batch.
+        sparse = sp.issparse(X) and X.shape[0] * X.shape[1] * 8 > _DENSIFY_BYTES
+        if sp.issparse(X) and not sparse:
+            X = X.toarray()
         Xd = X if sparse else be.asarray(np.asarray(X, dtype=self.dtype))
         Td = be.asarray(self._train_targets(Y))
         sample_idx = np.arange(n, dtype=int)
@@ -402,8 +406,16 @@ class _BaseMLP(BaseEstimator):
         return total
 
     def _set_lr(self, lr: float) -> None:
-        for g in self._optimizer.param_groups:
+        """New learning rate. sklearn's SGD keeps its velocity in lr units (v = m v - lr g)
+        where PyTorch's rule applies lr after the buffer, so rescale the buffers to match."""
+        opt = self._optimizer
+        old = opt.param_groups[0]["lr"]
+        for g in opt.param_groups:
             g["lr"] = lr
+            for p in g["params"]:
+                buf = opt.state.get(id(p), {}).get("momentum_buffer")
+                if buf is not None and lr > 0:
+                    p.backend.scale_(buf, old / lr)
 
     def _trigger_stopping(self, msg: str) -> bool:
         """Stop, or (sgd with learning_rate='adaptive') divide the learning rate by 5."""
