@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendMismatchError, DtypeError, ShapeError
+from ._losses import LossKernels
+from ._updates import UpdateKernels
 
 FLOAT_DTYPES = ("float32", "float64")
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh")
@@ -46,8 +48,11 @@ def check_activation(kind: str) -> str:
     return kind
 
 
-class Backend:
-    """Base backend: the whole contract, written once against the array module `xp`."""
+class Backend(LossKernels, UpdateKernels):
+    """Base backend: the whole contract, written once against the array module `xp`.
+
+    The loss and optimizer-update defaults live in _losses.py and _updates.py.
+    """
 
     #: Registry name: "numpy", "numba", "cupy:0".
     name: str = "base"
@@ -342,153 +347,6 @@ class Backend:
     def softmax_backward(self, dy: Any, y: Any, out: Any = None) -> Any:
         dot = (dy * y).sum(axis=1, keepdims=True)
         return self.xp.multiply(y, dy - dot, out=out)
-
-    # ------------------------------------------------------------------ losses
-    def softmax_cross_entropy(
-        self, logits: Any, labels: Any, grad_out: Any = None
-    ) -> tuple[Any, Any]:
-        """Mean cross-entropy of integer labels and its gradient softmax(logits) - onehot, / n."""
-        xp = self.xp
-        n = logits.shape[0]
-        t = logits.dtype.type
-        rows = xp.arange(n)
-        # log-sum-exp form: accurate even where softmax underflows to 0.
-        row_max = logits.max(axis=1)
-        lse = xp.log(xp.exp(logits - row_max[:, None]).sum(axis=1)) + row_max
-        loss = (lse - logits[rows, labels]).sum() / t(n)
-        grad = self.softmax(logits, out=grad_out)
-        grad[rows, labels] -= t(1)
-        grad /= t(n)
-        return xp.asarray(loss, dtype=logits.dtype), grad
-
-    def bce_with_logits(self, logits: Any, targets: Any, grad_out: Any = None) -> tuple[Any, Any]:
-        """Mean binary cross-entropy on logits, in the stable max(z,0) - z*t + log1p(exp(-|z|))."""
-        xp = self.xp
-        t = logits.dtype.type
-        size = logits.size
-        loss = (
-            xp.maximum(logits, 0) - logits * targets + xp.log1p(xp.exp(-xp.abs(logits)))
-        ).sum() / t(size)
-        grad = self._sigmoid(logits, grad_out)
-        grad -= targets
-        grad /= t(size)
-        return xp.asarray(loss, dtype=logits.dtype), grad
-
-    def mse(self, pred: Any, target: Any, grad_out: Any = None) -> tuple[Any, Any]:
-        """Mean squared error over all elements and its gradient 2 (pred - target) / size."""
-        xp = self.xp
-        t = pred.dtype.type
-        diff = xp.subtract(pred, target, out=grad_out)
-        loss = self.sum_squares(diff) / t(pred.size)
-        diff *= t(2.0 / pred.size)
-        return xp.asarray(loss, dtype=pred.dtype), diff
-
-    # ------------------------------------------------------------------ optimizer updates
-    def sgd_update(
-        self,
-        param: Any,
-        grad: Any,
-        buf: Any,
-        *,
-        lr: float,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        maximize: bool = False,
-        first_step: bool = False,
-    ) -> None:
-        """torch.optim.SGD's rule, in place. `buf` is the momentum buffer (None without momentum);
-        on the first step it is set to the (decayed) gradient, as PyTorch does."""
-        t = param.dtype.type
-        g = -grad if maximize else grad
-        if weight_decay != 0.0:
-            g = g + t(weight_decay) * param
-        if momentum != 0.0:
-            if first_step:
-                self.copy_(buf, g)
-            else:
-                buf *= t(momentum)
-                buf += t(1.0 - dampening) * g
-            g = g + t(momentum) * buf if nesterov else buf
-        param -= t(lr) * g
-
-    def adam_update(
-        self,
-        param: Any,
-        grad: Any,
-        exp_avg: Any,
-        exp_avg_sq: Any,
-        *,
-        step: int,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float = 0.0,
-        decoupled: bool = False,
-        amsgrad: bool = False,
-        max_exp_avg_sq: Any = None,
-        maximize: bool = False,
-    ) -> None:
-        """torch.optim.Adam (decoupled=False) / AdamW (decoupled=True), in place; step >= 1."""
-        xp = self.xp
-        t = param.dtype.type
-        g = -grad if maximize else grad
-        if weight_decay != 0.0:
-            if decoupled:
-                param *= t(1.0 - lr * weight_decay)
-            else:
-                g = g + t(weight_decay) * param
-        exp_avg *= t(beta1)
-        exp_avg += t(1.0 - beta1) * g
-        exp_avg_sq *= t(beta2)
-        exp_avg_sq += t(1.0 - beta2) * g * g
-        bc1 = 1.0 - beta1**step
-        bc2_sqrt = math.sqrt(1.0 - beta2**step)
-        second = exp_avg_sq
-        if amsgrad:
-            xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-            second = max_exp_avg_sq
-        denom = xp.sqrt(second) / t(bc2_sqrt) + t(eps)
-        param -= t(lr / bc1) * exp_avg / denom
-
-    def rmsprop_update(
-        self,
-        param: Any,
-        grad: Any,
-        square_avg: Any,
-        *,
-        lr: float,
-        alpha: float,
-        eps: float,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        momentum_buffer: Any = None,
-        centered: bool = False,
-        grad_avg: Any = None,
-        maximize: bool = False,
-    ) -> None:
-        """torch.optim.RMSprop's rule, in place."""
-        xp = self.xp
-        t = param.dtype.type
-        g = -grad if maximize else grad
-        if weight_decay != 0.0:
-            g = g + t(weight_decay) * param
-        square_avg *= t(alpha)
-        square_avg += t(1.0 - alpha) * g * g
-        if centered:
-            grad_avg *= t(alpha)
-            grad_avg += t(1.0 - alpha) * g
-            avg = xp.sqrt(square_avg - grad_avg * grad_avg) + t(eps)
-        else:
-            avg = xp.sqrt(square_avg) + t(eps)
-        if momentum > 0.0:
-            momentum_buffer *= t(momentum)
-            momentum_buffer += g / avg
-            param -= t(lr) * momentum_buffer
-        else:
-            param -= t(lr) * g / avg
 
     # ------------------------------------------------------------------ helpers
     def _sigmoid(self, x: Any, out: Any = None) -> Any:
