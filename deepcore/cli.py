@@ -106,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default=os.environ.get("DEEPCORE_BACKEND") or "auto")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t.add_argument("--save", metavar="PATH", help="checkpoint after every epoch (safetensors)")
-    t.add_argument("--resume", metavar="PATH", help="continue training from a checkpoint")
+    t.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue a saved run up to --epochs in total (model, optimizer, schedule and "
+        "shuffling come from the checkpoint)",
+    )
     t.add_argument("--json", metavar="PATH", help="write the final metrics as a JSON object")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -216,27 +221,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     callbacks = []
     if args.save:
         callbacks.append(_checkpoint_callback(args.save))
+    model = trainer.model
+    dtype = model.dtype
+    opt_name = type(trainer.optimizer).__name__
+    lr = trainer.optimizer.param_groups[0].get("initial_lr", lr)
+    shape = "-".join(
+        [str(m.in_features) for m in model.modules() if hasattr(m, "in_features")][:1]
+        + [str(m.out_features) for m in model.modules() if hasattr(m, "out_features")]
+    )
+    remaining = max(0, epochs - trainer.epoch) if args.resume else epochs
     log = sys.stderr
     print(
         f"deepcore train: {args.dataset} ({len(train)} train / {len(test)} test, "
-        f"{train.n_features} features, {train.n_classes} classes) | MLP {'-'.join(map(str, sizes))}"
-        f" {args.activation} | {args.optimizer} lr={lr:g} | batch {args.batch_size} | "
-        f"{epochs} epochs | backend {backend.name} ({args.dtype})",
+        f"{train.n_features} features, {train.n_classes} classes) | MLP {shape} | {opt_name} "
+        f"lr={lr:g} | batch {args.batch_size} | "
+        + (f"epochs {trainer.epoch + 1}-{epochs}" if args.resume else f"{epochs} epochs")
+        + f" | backend {backend.name} ({dtype})",
         file=log,
     )
-    warm = _warmup(backend, args.dtype)
+    warm = _warmup(backend, dtype)
     t0 = time.perf_counter()
-    history = trainer.fit(
-        train,
-        epochs=max(0, epochs - trainer.epoch) if args.resume else epochs,
-        batch_size=args.batch_size,
-        validation=None,
-        progress=not args.quiet,
-        callbacks=callbacks,
-    )
+    try:
+        history = trainer.fit(
+            train,
+            epochs=remaining,
+            batch_size=args.batch_size,
+            validation=None,
+            progress=not args.quiet,
+            callbacks=callbacks,
+        )
+    except KeyboardInterrupt:
+        where = (
+            f"; epoch {trainer.epoch} (the last completed) is saved in {args.save}"
+            if args.save and trainer.epoch > 0
+            else ""
+        )
+        print(f"deepcore train: interrupted{where}", file=log)
+        return 130
     seconds = time.perf_counter() - t0
     metrics = trainer.evaluate(test)
-    samples = sum(len(train) for _ in history.epochs)
+    samples = len(train) * remaining
     result = {
         "test_accuracy": metrics["accuracy"],
         "test_loss": metrics["loss"],
@@ -244,7 +268,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "train_accuracy": history.last.get("accuracy"),
         "epochs": trainer.epoch,
         "backend": backend.name,
-        "dtype": args.dtype,
+        "dtype": dtype,
         "dataset": args.dataset,
         "hidden": args.hidden,
         "optimizer": args.optimizer,

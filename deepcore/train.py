@@ -131,6 +131,14 @@ class Trainer:
     def backend(self) -> Backend:
         return self.model.backend
 
+    def to(self, backend: str | Backend | None = None, *, dtype: Any = None) -> Trainer:
+        """Move the model, its loss and the optimizer state to `backend` and/or `dtype`."""
+        self.model.to(backend, dtype=dtype)
+        self.loss_fn.backend = self.model.backend
+        self.optimizer.to(self.model.backend)
+        self._fused_for = None
+        return self
+
     def train_step(self, xb: Any, yb: Any) -> Any:
         """One forward, backward and update; returns the loss as a 0-d backend array."""
         model, loss_fn, opt = self.model, self.loss_fn, self.optimizer

@@ -99,3 +99,23 @@ def test_info_lists_every_backend_with_reason():
     for name in ("numpy", "numba", "cupy"):
         assert name in proc.stdout
     assert "blas" in proc.stdout
+
+
+def test_save_then_resume_equals_one_straight_run(tmp_path):
+    """`--save` then `--resume` up to the same total gives the straight run's result exactly."""
+    ckpt, a, b = tmp_path / "run.safetensors", tmp_path / "a.json", tmp_path / "b.json"
+    common = ["train", "--backend", "numpy", "--quiet", "--schedule", "none", "--dropout", "0.1"]
+    assert main([*common, "--epochs", "4", "--json", str(a)]) == 0
+    assert main([*common, "--epochs", "2", "--save", str(ckpt)]) == 0
+    assert main([*common, "--epochs", "4", "--resume", str(ckpt), "--json", str(b)]) == 0
+    straight, resumed = json.loads(a.read_text()), json.loads(b.read_text())
+    assert resumed["epochs"] == straight["epochs"] == 4
+    assert resumed["test_loss"] == straight["test_loss"]  # bitwise: same backend, same seed
+
+
+def test_resume_from_a_broken_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint at all")
+    proc = run_cli("train", "--backend", "numpy", "--resume", str(bad))
+    assert proc.returncode == 2
+    assert "bad.safetensors" in proc.stderr and "Traceback" not in proc.stderr
