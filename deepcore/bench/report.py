@@ -85,12 +85,14 @@ def footnotes(result: dict[str, Any]) -> list[str]:
     rows = result["rows"]
     methods = sorted({r["mem_method"] for r in rows if r.get("mem_method")})
     gemm = ", ".join(f"{k} {v:.1f}" for k, v in result["gemm_gflops"].items())
-    end = ", ".join(f"{k} {v:.1f}" for k, v in result.get("gemm_gflops_end", {}).items())
+    samples = result.get("gemm_gflops_samples", [])
+    lo = min((min(g.values()) for g in samples), default=0.0)
     notes = [
-        "* anchor. samples/s: median of timed windows after warm-up; warm-up s: compile + "
-        "first step; GFLOP/s = 6 x params x samples/s.",
-        f"% gemm: share of np.matmul's rate at {result['gemm_size']}^3 in this run "
-        f"(GFLOP/s at start: {gemm}; at end: {end}).",
+        "* anchor. samples/s: median of timed windows after warm-up, the runners of a row "
+        "taking turns window by window; warm-up s: compile + first step; "
+        "GFLOP/s = 6 x params x samples/s.",
+        f"% gemm: share of np.matmul's rate at {result['gemm_size']}^3 in this run: {gemm} "
+        f"GFLOP/s, the best of {len(samples)} samples (lowest {lo:.1f}), one per row.",
         f"peak MB: {', '.join(methods) or 'n/a'}, over the row (model, optimizer state, "
         "activations and library workspaces).",
         "x anchor: this row's samples/s over the anchor's (same workload, optimizer, dtype). "

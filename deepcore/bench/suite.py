@@ -19,7 +19,14 @@ from typing import Any
 from . import anchors as anc
 from .machine import blas_threads, machine_info, thread_counts
 from .runners import DeepcoreRunner, Runner, Skip
-from .timing import CupyPoolMemory, HostMemory, TorchCudaMemory, gemm_rate, measure
+from .timing import (
+    CupyPoolMemory,
+    HostMemory,
+    TorchCudaMemory,
+    gemm_rate,
+    prepare,
+    time_interleaved,
+)
 from .workloads import DEFAULT_LR, Workload, initial_state, make_batches
 
 GATE_RTOL = {"float32": 1e-3, "float64": 1e-9}
@@ -105,29 +112,36 @@ def _row_base(spec: Spec, w: Workload, opt: str, dtype: str) -> dict[str, Any]:
     }
 
 
-def _run_spec(spec: Spec, cfg: BenchConfig, w: Workload, batches: list, gate_steps: int) -> dict:
+def _prepare_spec(spec: Spec, w: Workload, batches: list, gate_steps: int) -> tuple[Any, dict]:
+    """Build the runner and run its gate steps; memory is the peak over building, the gate and
+    one more step (weights, optimizer state, activations, workspaces)."""
     gc.collect()
     probe = spec.memory()
     runner = spec.make()
-    m = measure(runner, batches, gate_steps=gate_steps, budget_s=cfg.budget_s, windows=cfg.windows)
+    m = prepare(runner, batches, gate_steps)
     row = {
         "device": runner.device,
         "gated": runner.gated,
         "gate_note": runner.gate_note,
         "losses": m.losses,
-        "samples_per_s": m.samples_per_s,
         "warmup_s": m.warmup_s,
         "compile_s": m.compile_s,
-        "step_ms": m.step_s * 1e3,
-        "window_rates": m.window_rates,
-        "steps_per_window": m.steps_per_window,
-        "spread": (max(m.window_rates) - min(m.window_rates)) / m.samples_per_s,
         "peak_mem_mb": probe.peak() / 2**20,
         "mem_method": probe.method,
         "info": runner.info(),
     }
-    del runner
-    return row
+    return m, row
+
+
+def _finish_row(row: dict, m: Any) -> None:
+    rates = m.window_rates
+    row.update(
+        samples_per_s=m.samples_per_s,
+        step_ms=m.batch / m.samples_per_s * 1e3,
+        window_rates=rates,
+        steps_per_window=m.steps_per_window,
+        spread=(max(rates) - min(rates)) / m.samples_per_s,
+    )
 
 
 def _reference(
@@ -219,8 +233,8 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         threads = _threads(cfg, stack, log)
         log(f"threads: {threads}; measuring GEMM rate at {cfg.gemm_size}^3 ...")
-        gemm = _gemm_rates(cfg)
-        log("  " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in gemm.items()))
+        gemm_samples = [_gemm_rates(cfg)]
+        log("  " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in gemm_samples[0].items()))
         combos = [(w, d, o) for w in cfg.workloads for d in cfg.dtypes for o in cfg.optimizers]
         skipped: set[str] = set()
         for i, (w, dtype, opt) in enumerate(combos, 1):
@@ -232,10 +246,11 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
             ref = None
             if "numpy" not in cfg.backends:
                 ref = _reference(cfg, w, dtype, opt, state, lr, batches, gate_steps)
+            timed: list[tuple[dict, Any]] = []
             for spec in _specs(cfg, w, opt, dtype, state, lr):
                 row = _row_base(spec, w, opt, dtype)
                 try:
-                    row.update(_run_spec(spec, cfg, w, batches, gate_steps))
+                    m, info = _prepare_spec(spec, w, batches, gate_steps)
                 except Skip as exc:
                     if spec.name not in skipped:
                         notes.append(f"{spec.name} skipped: {exc}")
@@ -247,18 +262,33 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                     rows.append(row)
                     log(f"  {spec.name:<11} ERROR {row['error']}")
                     continue
+                row.update(info)
                 if spec.name == "numpy" and ref is None:
                     ref = row["losses"]
                 ok, dev = gate_check(row["losses"], ref, dtype)
                 row["gate_dev"] = dev
                 row["status"] = ("ok" if ok else "FAILED") if row["gated"] else "not gated"
                 rows.append(row)
+                timed.append((row, m))
+            gemm_samples.append(_gemm_rates(cfg))
+            try:
+                time_interleaved([m for _, m in timed], cfg.budget_s, cfg.windows)
+            except Exception as exc:
+                for row, _ in timed:
+                    row.update(status="error", error=f"timing: {type(exc).__name__}: {exc}")
+                log(f"  timing failed: {type(exc).__name__}: {exc}")
+                continue
+            for row, m in timed:
+                _finish_row(row, m)
                 flag = "" if row["status"] == "ok" else f"  [{row['status']}]"
                 log(
-                    f"  {spec.name:<11} {row['samples_per_s']:>12,.0f} samples/s  "
-                    f"warm-up {row['warmup_s']:.2f}s  gate dev {dev:.1e}{flag}"
+                    f"  {row['runner']:<11} {row['samples_per_s']:>12,.0f} samples/s  "
+                    f"warm-up {row['warmup_s']:.2f}s  gate dev {row['gate_dev']:.1e}{flag}"
                 )
-        gemm_end = _gemm_rates(cfg)
+            del timed
+        gemm_samples.append(_gemm_rates(cfg))
+        # The machine's rate is the best of all samples: under load, the least disturbed one.
+        gemm = {k: max(g[k] for g in gemm_samples) for k in gemm_samples[0]}
         _relate(rows, gemm)
         machine = machine_info()
         machine["threads"] = thread_counts()
@@ -267,7 +297,7 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
         "rows": rows,
         "machine": machine,
         "gemm_gflops": gemm,
-        "gemm_gflops_end": gemm_end,
+        "gemm_gflops_samples": gemm_samples,
         "gemm_size": cfg.gemm_size,
         "notes": notes,
         "config": {

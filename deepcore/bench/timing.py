@@ -107,66 +107,77 @@ class TorchCudaMemory:
 class Measurement:
     """What timing one runner on one row produced."""
 
+    runner: Runner
+    batches: list[Any]
     losses: list[float] = field(default_factory=list)
     warmup_s: float = 0.0
     compile_s: float = 0.0
+    est_step_s: float = 0.0
     samples_per_s: float = 0.0
     window_rates: list[float] = field(default_factory=list)
-    steps_per_window: int = 0
-    step_s: float = 0.0
-    error: str = ""
+    steps_per_window: int = 1
+    n_windows: int = 0
+    steps_done: int = 0
+    batch: int = 0
 
 
-def measure(
-    runner: Runner,
-    host_batches: list[tuple[np.ndarray, np.ndarray]],
-    *,
-    gate_steps: int,
-    budget_s: float,
-    windows: int,
-    min_windows: int = 3,
+def prepare(
+    runner: Runner, host_batches: list[tuple[np.ndarray, np.ndarray]], gate_steps: int
 ) -> Measurement:
-    """Warm up, train `gate_steps` steps recording losses (the correctness gate; the first step
-    is the JIT/compile step and is reported as warm-up), then time windows of steps.
-
-    Each window: synchronize, read the clock, run steps, synchronize, read the clock. Windows
-    last about budget_s / windows (at least one step); at least `min_windows` are timed. The
-    throughput is the median window's samples per second.
-    """
-    m = Measurement()
+    """Warm up (`runner.warmup()`, the JIT compile), move the batches to the device, and train
+    `gate_steps` steps recording their losses for the correctness gate. The first step's time
+    (plus the compile seconds) is the warm-up; the others estimate the step time."""
+    m = Measurement(runner, [], batch=len(host_batches[0][1]))
     m.compile_s = runner.warmup()
-    batches = [runner.put(x, y) for x, y in host_batches]
+    m.batches = [runner.put(x, y) for x, y in host_batches]
     runner.synchronize()
-    step_times = []
+    times = []
     for i in range(max(1, gate_steps)):
         t = time.perf_counter()
-        m.losses.append(runner.loss_step(batches[i % len(batches)]))
+        m.losses.append(runner.loss_step(m.batches[i % len(m.batches)]))
         runner.synchronize()
-        step_times.append(time.perf_counter() - t)
-    m.warmup_s = m.compile_s + step_times[0] if m.compile_s else step_times[0]
-    # One untimed step through the timed path (it may differ from loss_step).
-    t = time.perf_counter()
-    runner.step(batches[0])
+        times.append(time.perf_counter() - t)
+    m.warmup_s = m.compile_s + times[0]
+    t = time.perf_counter()  # one untimed step through the timed path (it may differ)
+    runner.step(m.batches[0])
     runner.synchronize()
-    step_times.append(time.perf_counter() - t)
-    est = statistics.median(step_times[1:])
-    per_window = budget_s / max(1, windows)
-    m.steps_per_window = spw = max(1, int(per_window / max(est, 1e-9)))
-    n_windows = max(min_windows, min(windows, math.ceil(budget_s / (spw * est))))
-    batch = len(host_batches[0][1])
-    k = 0
-    for _ in range(n_windows):
-        runner.synchronize()
-        t = time.perf_counter()
-        for _ in range(spw):
-            runner.step(batches[k % len(batches)])
-            k += 1
-        runner.synchronize()
-        dt = time.perf_counter() - t
-        m.window_rates.append(spw * batch / dt)
-    m.samples_per_s = statistics.median(m.window_rates)
-    m.step_s = batch / m.samples_per_s
+    times.append(time.perf_counter() - t)
+    m.est_step_s = statistics.median(times[1:])
     return m
+
+
+def plan(m: Measurement, budget_s: float, windows: int, min_windows: int = 3) -> None:
+    """Steps per window (a window lasts about budget_s / windows, at least one step) and the
+    number of windows (at least `min_windows`, fewer than `windows` for very slow steps)."""
+    est = max(m.est_step_s, 1e-9)
+    m.steps_per_window = max(1, int(budget_s / max(1, windows) / est))
+    m.n_windows = max(min_windows, min(windows, math.ceil(budget_s / (m.steps_per_window * est))))
+
+
+def window(m: Measurement) -> None:
+    """One timed window: synchronize, clock, steps, synchronize, clock."""
+    runner, batches = m.runner, m.batches
+    runner.synchronize()
+    t = time.perf_counter()
+    for _ in range(m.steps_per_window):
+        runner.step(batches[m.steps_done % len(batches)])
+        m.steps_done += 1
+    runner.synchronize()
+    dt = time.perf_counter() - t
+    m.window_rates.append(m.steps_per_window * m.batch / dt)
+
+
+def time_interleaved(ms: list[Measurement], budget_s: float, windows: int) -> None:
+    """Time every runner of a row in turns, one window each per round, so a change in the
+    machine's load during the row hits all of them alike; throughput is each one's median."""
+    for m in ms:
+        plan(m, budget_s, windows)
+    for r in range(max((m.n_windows for m in ms), default=0)):
+        for m in ms:
+            if r < m.n_windows:
+                window(m)
+    for m in ms:
+        m.samples_per_s = statistics.median(m.window_rates)
 
 
 def gemm_rate(
