@@ -122,7 +122,19 @@ def test_anchors_pass_the_gate_when_installed():
     pytest.importorskip("sklearn")
     pytest.importorskip("torch")
     cfg = bench.config_from_args(
-        parse([*FAST, "--backend", "numpy", "--optimizer", "sgd", "--dtype", "float32,float64"])
+        parse(
+            [
+                *FAST,
+                "--backend",
+                "numpy",
+                "--optimizer",
+                "sgd",
+                "--dtype",
+                "float32,float64",
+                "--gate-steps",
+                "3",
+            ]
+        )
     )
     rows = run_suite(cfg, log=lambda s: None)["rows"]
     assert {r["runner"] for r in rows} >= {"numpy", "torch-cpu", "sklearn", "numpy-loop"}
