@@ -254,14 +254,8 @@ class CupyBackend(CupyStepsMixin):
             out = self.empty((m, n), a.dtype.name)
         elif out.shape != (m, n):
             raise ShapeError(f"gemm: out has shape {out.shape}, expected {(m, n)}")
-        lib = importlib.import_module("cupy_backends.cuda.libs.cublas")
-        handle = self.xp.cuda.device.get_cublas_handle()
         tf32 = self.allow_tf32 and a.dtype.name == "float32"
-        want = getattr(lib, "CUBLAS_TF32_TENSOR_OP_MATH" if tf32 else "CUBLAS_DEFAULT_MATH", None)
-        want = want if want is not None else (_CUBLAS_TF32_TENSOR_OP_MATH if tf32 else 0)
-        prev = lib.getMathMode(handle)
-        if prev != want:
-            lib.setMathMode(handle, want)
+        prev, want, set_mode = self._math_mode(tf32)
         try:
             self._cublas.gemm(
                 "T" if trans_a else "N", "T" if trans_b else "N", a, b,
@@ -269,8 +263,25 @@ class CupyBackend(CupyStepsMixin):
             )  # fmt: skip
         finally:
             if prev != want:
-                lib.setMathMode(handle, prev)
+                set_mode(prev)
         return out
+
+    def _math_mode(self, tf32: bool) -> tuple[int, int, Any]:
+        """Put cuBLAS's handle in TF32 or default (full float32) math; (previous, wanted, set).
+
+        The handle is shared with CuPy, so the caller restores `previous` after its GEMM. A CuPy
+        without get/setMathMode leaves the handle alone: its default math is full float32."""
+        lib = importlib.import_module("cupy_backends.cuda.libs.cublas")
+        get, put = getattr(lib, "getMathMode", None), getattr(lib, "setMathMode", None)
+        want = _CUBLAS_TF32_TENSOR_OP_MATH if tf32 else _CUBLAS_DEFAULT_MATH
+        want = getattr(lib, "CUBLAS_TF32_TENSOR_OP_MATH" if tf32 else "CUBLAS_DEFAULT_MATH", want)
+        if get is None or put is None:
+            return want, want, None
+        handle = self.xp.cuda.device.get_cublas_handle()
+        prev = get(handle)
+        if prev != want:
+            put(handle, want)
+        return prev, want, lambda mode: put(handle, mode)
 
     def bias_add(self, x: Any, b: Any, out: Any = None) -> Any:
         dtype = self._fast(x, b, out)
