@@ -89,7 +89,7 @@ class Optimizer:
         """Move state arrays of `p` to p's backend and dtype if they are elsewhere."""
         for k, v in state.items():
             if hasattr(v, "dtype") and hasattr(v, "shape") and v.ndim > 0:
-                if not p.backend.owns(v) or v.dtype.name != p.dtype:
+                if not p.backend.owns(v) or v.dtype != p.data.dtype:  # dtype.name is slow
                     state[k] = p.backend.asarray(_to_host(v).astype(p.dtype))
 
     def to(self, backend: str | Backend) -> Optimizer:
