@@ -21,6 +21,7 @@ from .errors import (
     BackendMismatchError,
     BackendUnavailableError,
     CheckpointError,
+    CudaOutOfMemoryError,
     DeepcoreError,
     DtypeError,
     NoGradientError,
@@ -61,6 +62,7 @@ __all__ = [
     "NoGradientError",
     "NonFiniteError",
     "CheckpointError",
+    "CudaOutOfMemoryError",
 ]
 
 

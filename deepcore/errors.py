@@ -33,3 +33,8 @@ class NonFiniteError(DeepcoreError, FloatingPointError):
 
 class CheckpointError(DeepcoreError, ValueError):
     """A checkpoint file is truncated, corrupt, foreign, or does not fit the model."""
+
+
+class CudaOutOfMemoryError(DeepcoreError, MemoryError):
+    """The GPU ran out of memory; the message says how much was asked for, where, and suggests
+    a smaller batch size."""

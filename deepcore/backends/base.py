@@ -104,7 +104,7 @@ class Backend(LossKernels, UpdateKernels):
                 )
             return x
         other = array_backend_name(x)
-        if other is not None:
+        if other is not None and other != "numpy":
             raise BackendMismatchError(
                 f"got a {other} array where a {self.name} array was expected; "
                 f"move it with deepcore.to_numpy(x) or move the model with .to({other!r})"

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeepcoreError, DtypeError, ShapeError
+from ..errors import CudaOutOfMemoryError, DtypeError, ShapeError
 from ..kernels.cuda import geometry, source
 from ..kernels.cuda.spec import KERNELS, kernels_in, marshal
 from ._cupy_steps import CupyStepsMixin
@@ -34,10 +34,6 @@ INSTALL_HINT = "pip install 'deepcore[cuda12]' or 'deepcore[cuda13]'"
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
 _CUBLAS_DEFAULT_MATH = 0
 _CUBLAS_TF32_TENSOR_OP_MATH = 3
-
-
-class CudaOutOfMemoryError(DeepcoreError, MemoryError):
-    """The GPU ran out of memory; the message says how much was asked for and where."""
 
 
 def _version(v: int) -> str:
