@@ -139,10 +139,8 @@ def _reference_step(ws, bs, acts, x, labels, opt, state, hp):
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 @pytest.mark.parametrize("big", [False, True])
 def test_fused_mlp_step_matches_layer_maths(nb, dt, opt, big, monkeypatch):
-    import deepcore.backends.numba as mod
-
     if big:  # force the layer-by-layer route
-        monkeypatch.setattr(mod, "FUSED_STEP_MAX_WORK", 0)
+        monkeypatch.setattr(nb, "step_path", "layered")
     rng = np.random.default_rng(7)
     sizes = (13, 33, 31, 10)
     ws = [
@@ -201,3 +199,31 @@ def test_threads_api(nb):
 
 def test_warmup_returns_seconds(nb):
     assert nb.warmup(("float32",)) >= 0.0
+
+
+@pytest.mark.parametrize("sizes,batch", [((64, 128, 10), 32), ((40, 70, 36, 3), 9)])
+def test_compiled_step_matches_layered_route(nb, monkeypatch, sizes, batch):
+    """The one-call kernel (register blocks, edges, narrow dot products) against the layered
+    route (BLAS + per-layer kernels) over three SGD-momentum steps."""
+    rng = np.random.default_rng(3)
+    ws0 = [(rng.standard_normal((o, i)) / np.sqrt(i)).astype("float32")
+           for i, o in zip(sizes, sizes[1:], strict=False)]  # fmt: skip
+    bs0 = [rng.standard_normal(o).astype("float32") * 0.1 for o in sizes[1:]]
+    x = rng.standard_normal((batch, sizes[0])).astype("float32")
+    y = rng.integers(0, sizes[-1], batch)
+    acts = ("relu",) * (len(sizes) - 2) + ("identity",)
+    out = []
+    for path in ("compiled", "layered"):
+        monkeypatch.setattr(nb, "step_path", path)
+        ws, bs = [w.copy() for w in ws0], [b.copy() for b in bs0]
+        gws, gbs = [np.empty_like(w) for w in ws], [np.empty_like(b) for b in bs]
+        state = ([np.zeros_like(p) for p in (*ws, *bs)],)
+        losses = [
+            float(nb.fused_mlp_step(ws, bs, gws, gbs, acts, x, y, "sgd", lr=0.05, momentum=0.9,
+                                    first_step=i == 0, state=state))
+            for i in range(3)
+        ]  # fmt: skip
+        out.append((losses, [*ws, *bs, *gws, *gbs]))
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
+    for a, b in zip(out[0][1], out[1][1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

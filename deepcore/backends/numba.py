@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import DtypeError, ShapeError
-from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
+from ._numba_step import FUSED_STEP_MAX_WORK, NumbaStepMixin, adam_scalars
+from .base import ACTIVATIONS, FLOAT_DTYPES, check_activation
+
+__all__ = ["FUSED_STEP_MAX_WORK", "NumbaBackend", "adam_scalars", "probe"]
 
 #: m*n*k at or below which the JIT GEMM beats BLAS through this Python API. Measured with
 #: benchmarks/numba_gemm_threshold.py on the 2-core dev VM: BLAS won at every size (8^3: JIT
@@ -29,8 +32,6 @@ JIT_GEMM_MAX_WORK = 0
 PARALLEL_GEMM_WORK = 128**3
 #: Elements from which elementwise and optimizer kernels run their prange variants.
 PARALLEL_ELEMENTS = 1 << 16
-#: MLPs whose step does at most this many multiply-adds take the one-call `fused_mlp_step`.
-FUSED_STEP_MAX_WORK = 4_000_000
 
 
 def probe(device: int | None = None) -> tuple[bool, str]:
@@ -51,7 +52,7 @@ def _kernels() -> Any:
     return type("Kernels", (), mods)
 
 
-class NumbaBackend(Backend):
+class NumbaBackend(NumbaStepMixin):
     """CPU backend: NumPy arrays, Numba-JIT kernels, BLAS where BLAS is faster."""
 
     name = "numba"
@@ -437,170 +438,6 @@ class NumbaBackend(Backend):
         scal = (t(lr), t(alpha), t(1.0 - alpha), t(eps), t(weight_decay), t(momentum))
         self._opt_run("rmsprop", flat, *scal, bool(centered), bool(maximize))
 
-    # ------------------------------------------------------------------ whole step
-    def fused_mlp_step(
-        self,
-        weights: Sequence[Any],
-        biases: Sequence[Any],
-        weight_grads: Sequence[Any],
-        bias_grads: Sequence[Any],
-        activations: Sequence[str],
-        x: Any,
-        labels: Any,
-        optimizer: str = "sgd",
-        *,
-        lr: float,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        first_step: bool = False,
-        step: int = 1,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        eps: float = 1e-8,
-        decoupled: bool = False,
-        amsgrad: bool = False,
-        weight_decay: float = 0.0,
-        maximize: bool = False,
-        state: Sequence[Sequence[Any]] = (),
-        alpha: float = 0.01,
-    ) -> Any:
-        """One SGD/Adam training step of an MLP with softmax cross-entropy; returns the 0-d loss.
-
-        Layer l: a_l = act_l(a_{l-1} @ W_l.T + b_l); the last layer's output are the logits.
-        Grads are overwritten; params and `state` are updated in place. `state` holds per-param
-        lists ordered weights then biases: SGD (momentum_buffers,) (or () without momentum);
-        Adam (exp_avgs, exp_avg_sqs) or, with amsgrad, (..., max_exp_avg_sqs). Small models run
-        as one compiled call (kernels/numba/step.py); larger ones layer by layer.
-        """
-        nl = len(weights)
-        dt = weights[0].dtype
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(
-                f"fused_mlp_step: optimizer must be 'sgd' or 'adam', not {optimizer!r}"
-            )
-        if not (len(biases) == len(weight_grads) == len(bias_grads) == len(activations) == nl):
-            raise ValueError("fused_mlp_step: one weight, bias, grads and activation per layer")
-        labels = np.asarray(labels)
-        if labels.dtype != np.int64:
-            labels = labels.astype(np.int64)
-        codes = tuple(ACTIVATIONS.index(check_activation(a)) for a in activations)
-        params = [*weights, *biases]
-        arrays = [*params, *weight_grads, *bias_grads, x]
-        ok = all(
-            isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous for a in arrays
-        )
-        ok = ok and dt.name in FLOAT_DTYPES and all(b is not None for b in biases)
-        st = [list(s) for s in state]
-        empty = [self._dummy(dt, 1)] * (2 * nl)
-        while len(st) < 3:
-            st.append(empty)
-        m = x.shape[0]
-        work = m * sum(w.size for w in weights)
-        t = dt.type
-        if optimizer == "sgd":
-            hp = (lr, momentum, 1.0 - dampening, weight_decay)
-            flags = (nesterov, maximize, first_step)
-        else:
-            sc = adam_scalars(
-                dt, step, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize
-            )
-            hp, flags = sc[:2] + sc[2:9], sc[9:]
-        if not ok or work > FUSED_STEP_MAX_WORK:
-            return self._layered_step(
-                weights, biases, weight_grads, bias_grads, activations, x, labels, optimizer, st,
-                dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                     first_step=first_step, step=step, beta1=beta1, beta2=beta2, eps=eps,
-                     decoupled=decoupled, amsgrad=amsgrad, weight_decay=weight_decay,
-                     maximize=maximize), alpha,
-            )  # fmt: skip
-        ws = self._step_workspace(weights, m, dt)
-        hpa = self.scratch("step_hp", (9,), dt)
-        hpa[: len(hp)] = [t(v) for v in hp]
-        fla = self.scratch("step_flags", (3,), np.int64)
-        fla[:] = [int(bool(f)) for f in flags]
-        flat = [tuple(a.reshape(-1) for a in s) for s in st]
-        loss = np.empty((), dt)
-        k = self._k.step
-        opt = k.SGD if optimizer == "sgd" else k.ADAM
-        args = (
-            tuple(weights), tuple(biases), tuple(weight_grads), tuple(bias_grads), codes, t(alpha),
-            x, labels, opt, *flat, hpa, fla, *ws, loss,
-        )  # fmt: skip
-        if not self._run(k.mlp_step, ("step", nl, dt.char), *args):
-            raise IndexError(f"labels must lie in [0, {weights[-1].shape[0]})")
-        return loss
-
-    def _step_workspace(self, weights: Sequence[Any], m: int, dt: Any) -> tuple[Any, ...]:
-        """Preallocated per-layer buffers (z, a, d) and GEMM packing panels for batch m,
-        cached per (layer shapes, batch, dtype): one dict lookup per step."""
-        key = (tuple(w.shape for w in weights), m, np.dtype(dt).char)
-        cache = self.__dict__.setdefault("_step_ws", {})
-        hit = cache.get(key)
-        if hit is None:
-            hit = cache[key] = self._make_step_workspace(weights, m, dt)
-        return hit
-
-    def _make_step_workspace(self, weights: Sequence[Any], m: int, dt: Any) -> tuple[Any, ...]:
-        outs = [w.shape[0] for w in weights]
-        zs = tuple(self.scratch(f"step_z{i}", (m, o), dt) for i, o in enumerate(outs))
-        os_ = tuple(self.scratch(f"step_a{i}", (m, o), dt) for i, o in enumerate(outs))
-        ds = tuple(self.scratch(f"step_d{i}", (m, o), dt) for i, o in enumerate(outs))
-        g = self._k.gemm
-        sa = sb = 1
-        for w in weights:
-            o, i = w.shape
-            for mm, nn, kk in ((m, o, i), (o, i, m), (m, i, o)):
-                a_, b_ = g.packed_sizes(mm, nn, kk)
-                sa, sb = max(sa, a_), max(sb, b_)
-        pa = self.scratch("step_pa", (sa,), dt)
-        pb = self.scratch("step_pb", (sb,), dt)
-        return zs, os_, ds, pa, pb
-
-    def _layered_step(
-        self, weights: Any, biases: Any, wgrads: Any, bgrads: Any, acts: Any, x: Any,
-        labels: Any, optimizer: str, st: Any, hyper: dict[str, Any], alpha: float,
-    ) -> Any:  # fmt: skip
-        """fused_mlp_step's maths through the backend's per-layer methods (large models)."""
-        nl = len(weights)
-        inputs, outs, pres = [x], [], []
-        for l in range(nl):
-            pre = np.empty((x.shape[0], weights[l].shape[0]), x.dtype)
-            out = self.linear(inputs[-1], weights[l], biases[l], acts[l], alpha, pre_out=pre)
-            pres.append(pre)
-            outs.append(out)
-            inputs.append(out)
-        loss, d = self.softmax_cross_entropy(outs[-1], labels)
-        for l in range(nl - 1, -1, -1):
-            d, _ = self.activation_backward_bias_grad(
-                acts[l], d, x=pres[l], y=outs[l], alpha=alpha, dx_out=d, db_out=bgrads[l]
-            )
-            self.gemm(d, inputs[l], trans_a=True, out=wgrads[l])
-            if l > 0:
-                d = self.gemm(d, weights[l])
-        h = hyper
-        params = [*weights, *biases]
-        st = [
-            [a.reshape(p.shape) if a.size else a for a, p in zip(s, params, strict=False)]
-            for s in st
-        ]
-        for i, (p, g) in enumerate(zip([*weights, *biases], [*wgrads, *bgrads], strict=True)):
-            if optimizer == "sgd":
-                self.sgd_update(
-                    p, g, st[0][i] if h["momentum"] else None, lr=h["lr"], momentum=h["momentum"],
-                    dampening=h["dampening"], nesterov=h["nesterov"],
-                    weight_decay=h["weight_decay"], maximize=h["maximize"],
-                    first_step=h["first_step"],
-                )  # fmt: skip
-            else:
-                self.adam_update(
-                    p, g, st[0][i], st[1][i], step=h["step"], lr=h["lr"], beta1=h["beta1"],
-                    beta2=h["beta2"], eps=h["eps"], weight_decay=h["weight_decay"],
-                    decoupled=h["decoupled"], amsgrad=h["amsgrad"],
-                    max_exp_avg_sq=st[2][i] if h["amsgrad"] else None, maximize=h["maximize"],
-                )  # fmt: skip
-        return loss
-
     # ------------------------------------------------------------------ setup
     def warmup(self, dtypes: Sequence[str] = ("float32",)) -> float:
         """Compile (or load from the cache) every kernel for `dtypes`; returns the seconds taken."""
@@ -620,21 +457,6 @@ class NumbaBackend(Backend):
             "gemm_impl": self.gemm_impl,
             **threads.threading_info(),
         }
-
-
-def adam_scalars(
-    dtype: Any, step: int, lr: float, beta1: float, beta2: float, eps: float,
-    weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool,
-) -> tuple[Any, ...]:  # fmt: skip
-    """The Adam kernel's scalars, computed on the host in float64 then cast, as base does."""
-    t = np.dtype(dtype).type
-    bc1 = 1.0 - beta1**step
-    bc2_sqrt = math.sqrt(1.0 - beta2**step)
-    return (
-        t(lr / bc1), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(bc2_sqrt), t(eps),
-        t(weight_decay), t(1.0 - lr * weight_decay), bool(decoupled), bool(amsgrad),
-        bool(maximize),
-    )  # fmt: skip
 
 
 BACKEND_CLASS = NumbaBackend

@@ -1,0 +1,212 @@
+"""Whole training steps per workload: PyTorch (same threads), the NumPy backend, and the Numba
+backend layer by layer and fused, interleaved in one run; prints medians and ratios.
+
+Run: python benchmarks/numba_steps.py [--workloads small,mnist,wide] [--optimizer sgd]
+         [--threads 2] [--rounds 15] [--alloc]
+
+Every contender trains from the same initial weights on the same batches (SGD momentum 0.9 or
+Adam, float32, the runners of deepcore.bench). Rounds interleave the contenders: each round times
+one block of steps per contender (block ~30 ms), and the reported figure is the median over rounds
+of the per-step time, so machine-wide load drifts hit every contender alike. The sgemm rate
+(np.matmul float32 1024^3, out=) is sampled in the same rounds for the wide workload's goal.
+--alloc adds a tracemalloc check of the numba fused step: net and peak bytes over 100 steps
+after warm-up (NumPy's data buffers are traced by tracemalloc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import tracemalloc
+from typing import Any
+
+import numpy as np
+
+
+def _layers(state: dict[str, np.ndarray]) -> list[int]:
+    return sorted({int(k.split(".")[0]) for k in state})
+
+
+class NumbaStep:
+    """fused_mlp_step called directly with preallocated grads and momentum/Adam state."""
+
+    def __init__(self, be: Any, w: Any, optimizer: str, dtype: str, state: Any, lr: float,
+                 path: str) -> None:  # fmt: skip
+        self.be, self.path, self.optimizer, self.lr = be, path, optimizer, lr
+        idx = _layers(state)
+        self.W = [np.array(state[f"{i}.weight"], dtype=dtype) for i in idx]
+        self.b = [np.array(state[f"{i}.bias"], dtype=dtype) for i in idx]
+        self.gW = [np.empty_like(v) for v in self.W]
+        self.gb = [np.empty_like(v) for v in self.b]
+        self.acts = tuple(["relu"] * (len(idx) - 1) + ["identity"])
+        params = self.W + self.b
+        nstate = 1 if optimizer == "sgd" else 2
+        self.state = tuple([np.zeros_like(p) for p in params] for _ in range(nstate))
+        self.t = 0
+        self.name = f"numba-{path}"
+
+    def put(self, x: np.ndarray, y: np.ndarray) -> Any:
+        return x, y
+
+    def step(self, batch: Any) -> Any:
+        x, y = batch
+        be = self.be
+        old = be.step_path
+        be.step_path = self.path
+        self.t += 1
+        try:
+            if self.optimizer == "sgd":
+                return be.fused_mlp_step(
+                    self.W, self.b, self.gW, self.gb, self.acts, x, y, "sgd", lr=self.lr,
+                    momentum=0.9, first_step=self.t == 1, state=self.state,
+                )  # fmt: skip
+            return be.fused_mlp_step(
+                self.W, self.b, self.gW, self.gb, self.acts, x, y, "adam", lr=self.lr,
+                step=self.t, state=self.state,
+            )  # fmt: skip
+        finally:
+            be.step_path = old
+
+    def loss_step(self, batch: Any) -> float:
+        return float(self.step(batch))
+
+
+def _time_block(fn: Any, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def _cycler(runner: Any, batches: list[Any]) -> Any:
+    state = {"i": 0}
+
+    def step() -> None:
+        state["i"] += 1
+        runner.step(batches[state["i"] % len(batches)])
+
+    return step
+
+
+def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: bool) -> None:
+    import torch
+
+    from deepcore.backends import get_backend
+    from deepcore.bench.anchors import TorchRunner
+    from deepcore.bench.runners import DeepcoreRunner
+    from deepcore.bench.workloads import DEFAULT_LR, WORKLOADS, initial_state, make_batches
+
+    w = WORKLOADS[name]
+    dtype = "float32"
+    state = initial_state(w, dtype, 0)
+    lr = DEFAULT_LR[optimizer]
+    nb = get_backend("numba")
+    runners = [
+        TorchRunner(w, optimizer, dtype, state, lr),
+        DeepcoreRunner("numpy", w, optimizer, dtype, state, lr),
+        NumbaStep(nb, w, optimizer, dtype, state, lr, "layered"),
+        NumbaStep(nb, w, optimizer, dtype, state, lr, "auto"),
+    ]
+    host = make_batches(w, dtype, seed=0)
+    # Same maths: the first steps' losses agree (loose: BLAS vs JIT summation order).
+    losses = []
+    for r in runners:
+        b = [r.put(x, y) for x, y in host]
+        losses.append([r.loss_step(b[i % len(b)]) for i in range(3)])
+    ref = np.array(losses[1])
+    for r, ls in zip(runners, losses, strict=True):
+        if not np.allclose(ls, ref, rtol=2e-3, atol=1e-4):
+            print(f"  WARNING {r.name} losses {ls} differ from numpy {ref.tolist()}")
+    fns = []
+    for r in runners:
+        b = [r.put(x, y) for x, y in host]
+        fn = _cycler(r, b)
+        for _ in range(3):
+            fn()
+        fns.append(fn)
+    # Block size: ~30 ms of the slowest contender's step.
+    probe = statistics.median(_time_block(f, 5) for f in fns)
+    n = max(1, min(2000, int(0.03 / probe)))
+    names = [r.name for r in runners]
+    sg = None
+    if name == "wide":
+        a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+        c = np.empty_like(a)
+        fns.append(lambda: np.matmul(a, a, out=c))
+        names.append("sgemm1024")
+    times: dict[str, list[float]] = {k: [] for k in names}
+    load0 = os.getloadavg()[0]
+    for i in range(rounds):
+        order = list(range(len(fns)))
+        if i % 2:
+            order.reverse()
+        for j in order:
+            times[names[j]].append(_time_block(fns[j], n if names[j] != "sgemm1024" else 5))
+    load1 = os.getloadavg()[0]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n== {name} {w.shape} batch {w.batch} {optimizer} float32, threads={threads} "
+          f"torch_threads={torch.get_num_threads()}, {rounds} rounds x {n} steps, "
+          f"load {load0:.2f}->{load1:.2f}")  # fmt: skip
+    base = med["torch-cpu"]
+    for k in names:
+        if k == "sgemm1024":
+            continue
+        q = [t / base for t in times[k]]
+        print(f"  {k:15s} median {med[k] * 1e6:10.1f} us   torch/this {base / med[k]:6.2f}x"
+              f"   numpy/this {med['numpy'] / med[k]:6.2f}x   (IQR of time ratio to torch "
+              f"{np.percentile(q, 25):.2f}-{np.percentile(q, 75):.2f})")  # fmt: skip
+    if name == "wide":
+        rate = 2 * 1024**3 / med["sgemm1024"]
+        fl = w.flops_per_step
+        print(f"  sgemm 1024^3: {rate / 1e9:.1f} GFLOP/s; step GFLOP/s / sgemm rate: "
+              + ", ".join(f"{k} {fl / med[k] / rate * 100:.0f}%" for k in names[:-1]))
+    if alloc:
+        r = runners[3]
+        b = [r.put(x, y) for x, y in host]
+        fn = _cycler(r, b)
+        for _ in range(5):
+            fn()
+        tracemalloc.start()
+        snap0 = tracemalloc.take_snapshot()
+        cur0, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        keep = [r.step(b[i % len(b)]) for i in range(100)]  # losses kept: count them
+        cur1, peak = tracemalloc.get_traced_memory()
+        snap1 = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        diff = snap1.compare_to(snap0, "filename")
+        npd = [s for s in snap1.filter_traces([tracemalloc.DomainFilter(True, 389047)]).statistics("filename")]
+        cnt = sum(d.count_diff for d in diff)
+        print(f"  alloc (numba fused, 100 steps, the 100 returned losses kept alive): net "
+              f"{cur1 - cur0} B in {cnt} blocks; peak above start {peak - cur0} B; numpy data "
+              f"blocks alive {sum(s.count for s in npd)} ({sum(s.size for s in npd)} B); "
+              f"loss objects {len(keep)}")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workloads", default="small,mnist,wide")
+    ap.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--alloc", action="store_true")
+    args = ap.parse_args()
+    from deepcore import threads
+
+    threads.set_num_threads(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from deepcore.backends import get_backend
+
+    nb = get_backend("numba")
+    print(f"numba warmup {nb.warmup(('float32',)):.2f} s; load {os.getloadavg()}; "
+          f"{nb.info()}")  # fmt: skip
+    for name in args.workloads.split(","):
+        bench_workload(name, args.optimizer, args.threads, args.rounds, args.alloc)
+
+
+if __name__ == "__main__":
+    main()
