@@ -18,11 +18,15 @@ class LossKernels:
         n = logits.shape[0]
         t = logits.dtype.type
         rows = xp.arange(n)
-        # log-sum-exp form: accurate even where softmax underflows to 0.
-        row_max = logits.max(axis=1)
-        lse = xp.log(xp.exp(logits - row_max[:, None]).sum(axis=1)) + row_max
-        loss = (lse - logits[rows, labels]).sum() / t(n)
-        grad = self.softmax(logits, out=grad_out)
+        # One exp pass: e = exp(z - max) gives both softmax (e / sum) and the log-sum-exp
+        # (max + log sum), which stays accurate where softmax underflows to 0.
+        row_max = logits.max(axis=1, keepdims=True)
+        grad = xp.subtract(logits, row_max, out=grad_out)
+        picked = grad[rows, labels]  # z_y - max, before exp overwrites it
+        xp.exp(grad, out=grad)
+        total = grad.sum(axis=1, keepdims=True)
+        loss = (xp.log(total[:, 0]) - picked).sum() / t(n)
+        grad /= total
         grad[rows, labels] -= t(1)
         grad /= t(n)
         return xp.asarray(loss, dtype=logits.dtype), grad

@@ -134,10 +134,10 @@ class Backend(LossKernels, UpdateKernels):
 
     def scratch(self, tag: str, shape: tuple[int, ...], dtype: Any) -> Any:
         """A reusable work buffer keyed by (tag, shape, dtype): no allocation in steady state."""
-        key = (tag, tuple(shape), np.dtype(dtype).name)
+        key = (tag, shape, dtype)
         buf = self._scratch.get(key)
         if buf is None:
-            buf = self._scratch[key] = self.empty(tuple(shape), np.dtype(dtype).name)
+            buf = self._scratch[key] = self.empty(tuple(shape), np.dtype(dtype))
         return buf
 
     def copy_(self, dst: Any, src: Any) -> Any:
@@ -204,7 +204,7 @@ class Backend(LossKernels, UpdateKernels):
         if out is None:
             if beta != 0.0:
                 raise ValueError("gemm: beta != 0 needs out=")
-            out = self.empty((m, n), a.dtype.name)
+            out = self.empty((m, n), a.dtype)
         elif out.dtype != a.dtype:
             raise DtypeError(f"gemm: out has dtype {out.dtype}, expected {a.dtype}")
         elif out.shape != (m, n):

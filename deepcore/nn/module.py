@@ -75,18 +75,16 @@ class Module:
 
     # ---- registration (attribute assignment, as in PyTorch)
     def __setattr__(self, name: str, value: Any) -> None:
-        params = self.__dict__.get("_parameters")
-        modules = self.__dict__.get("_modules")
+        # Parameters and submodules are registered and also kept in __dict__, so reading
+        # `self.weight` in a hot loop is a plain attribute lookup.
+        d = self.__dict__
         if isinstance(value, Parameter):
-            params[name] = value
+            d["_parameters"][name] = value
         elif isinstance(value, Module):
-            modules[name] = value
-        else:
-            if params is not None and name in params and value is None:
-                params[name] = None
-            object.__setattr__(self, name, value)
-            return
-        self.__dict__.pop(name, None)
+            d["_modules"][name] = value
+        elif value is None and name in d.get("_parameters", ()):
+            d["_parameters"][name] = None
+        d[name] = value
 
     def __getattr__(self, name: str) -> Any:
         d = self.__dict__
