@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p(
         "--no-sklearn-compare",
         action="store_true",
-        help="skip benchmarks/sklearn_compare.py (accuracy and fit time on digits)",
+        help="skip the scikit-learn comparison (accuracy and fit time on digits)",
     )
     p("--json", metavar="PATH", default=None, help="write rows and machine info as JSON")
     p("--plot", metavar="PATH", default=None, help="write a PNG bar chart (needs matplotlib)")

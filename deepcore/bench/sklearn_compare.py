@@ -6,7 +6,7 @@ median fit time over `repeats` fits, after one untimed short warm-up fit per row
 compiles then; its time is reported as `warmup_seconds`). scikit-learn runs twice as anchors:
 on float64 input (its usual use) and on float32 input (deepcore's default dtype).
 
-    python benchmarks/sklearn_compare.py --max-iter 50 --repeats 3
+    python -m deepcore.bench.sklearn_compare --max-iter 50 --repeats 3
 
 `deepcore bench` calls `compare()`; absolute times drift on shared machines, the ratio
 column (`speedup_vs_sklearn`, against the float64 anchor of the same run) is what holds.
