@@ -6,7 +6,8 @@ Run: python benchmarks/numba_steps.py [--workloads small,mnist,wide] [--optimize
 
 Every contender trains from the same initial weights on the same batches (SGD momentum 0.9 or
 Adam, float32, the runners of deepcore.bench). Rounds interleave the contenders: each round times
-one block of steps per contender (block ~30 ms), and the reported figure is the median over rounds
+one block of steps per contender (block ~30 ms, after a 0.25 s pause and one untimed step so
+that no other contender's thread pool is still spinning), and the reported figure is the median over rounds
 of the per-step time, so machine-wide load drifts hit every contender alike. The sgemm rate
 (np.matmul float32 1024^3, out=) is sampled in the same rounds for the wide workload's goal.
 --alloc adds a tracemalloc check of the numba fused step: net and peak bytes over 100 steps
@@ -73,7 +74,13 @@ class NumbaStep:
         return float(self.step(batch))
 
 
-def _time_block(fn: Any, n: int) -> float:
+def _time_block(fn: Any, n: int, settle: float = 0.0) -> float:
+    """Seconds per call of n calls. With settle: first sleep (the previous contender's thread
+    pools stop spinning: OpenBLAS spins ~0.1 s after a call, OpenMP pools a few ms) and run one
+    untimed call (this contender's pools wake), so each block sees its own steady state."""
+    if settle:
+        time.sleep(settle)
+        fn()
     t0 = time.perf_counter()
     for _ in range(n):
         fn()
@@ -143,7 +150,9 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
         if i % 2:
             order.reverse()
         for j in order:
-            times[names[j]].append(_time_block(fns[j], n if names[j] != "sgemm1024" else 5))
+            times[names[j]].append(
+                _time_block(fns[j], n if names[j] != "sgemm1024" else 5, settle=0.25)
+            )
     load1 = os.getloadavg()[0]
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n== {name} {w.shape} batch {w.batch} {optimizer} float32, threads={threads} "

@@ -72,6 +72,15 @@ def act_grad(d, x, y, code, alpha):
 def bias_act_rows(lo, hi, z, b, has_b, code, alpha, out, pre, has_pre):
     """Rows lo..hi: v = z + b; pre = v (if has_pre); out = act(v). z may be out or pre."""
     n = z.shape[1]
+    if code == RELU and has_b:  # the common case, branch-free over 0-based rows: vectorizes
+        zero = alpha - alpha
+        for i in range(lo, hi):
+            zr, outr, prer = z[i], out[i], pre[i] if has_pre else out[i]
+            for j in range(n):
+                v = zr[j] + b[j]
+                prer[j] = v
+                outr[j] = v if v > zero else zero
+        return
     for i in range(lo, hi):
         for j in range(n):
             v = z[i, j] + b[j] if has_b else z[i, j]
@@ -121,6 +130,16 @@ def act_backward_bias_grad_cols(lo, hi, code, dy, x, y, alpha, dx, db, accumulat
     if not accumulate:
         for j in range(lo, hi):
             db[j] = 0
+    if code == RELU:  # branch-free over 0-based row slices: vectorizes; same sums, same order
+        dbs = db[lo:hi]
+        zero = alpha - alpha
+        for i in range(m):
+            dyr, yr, dxr = dy[i, lo:hi], y[i, lo:hi], dx[i, lo:hi]
+            for j in range(dbs.shape[0]):
+                g = dyr[j] if yr[j] > zero else zero * dyr[j]
+                dxr[j] = g
+                dbs[j] += g
+        return
     for i in range(m):
         for j in range(lo, hi):
             s = x[i, j] if use_x else y[i, j]
