@@ -70,7 +70,8 @@ def plan_fused_step(model: Module, loss_fn: Any, optimizer: Optimizer) -> FusedS
             yb = np.asarray(yb)
             _check_labels(yb, x.shape[0], n_classes)
         for p in params:
-            p.grad_buffer()
+            p.grad_target()  # the fused kernel overwrites the gradient buffers
+            p.grad_written()
             optimizer._follow(p, optimizer.state.setdefault(id(p), {}))
         states = [optimizer.state[id(p)] for p in params]
         common = dict(

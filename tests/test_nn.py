@@ -114,9 +114,17 @@ def test_zero_grad_on_module(backend_name):
     model.backward(loss_fn.backward())
     grads = [p.grad for p in model.parameters()]
     assert any(dc.to_numpy(g).any() for g in grads)
-    model.zero_grad()
-    assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))  # reused
+    first = [dc.to_numpy(g) for g in grads]
+    model.zero_grad(set_to_none=False)  # zeros in place, same buffers
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
     assert not any(dc.to_numpy(g).any() for g in grads)
+    model.zero_grad()  # PyTorch's default: grad becomes None ...
+    assert all(p.grad is None for p in model.parameters())
+    loss_fn(model(np.ones((2, 4), np.float32)), [0, 1])
+    model.backward(loss_fn.backward())
+    for p, g, f in zip(model.parameters(), grads, first, strict=True):
+        assert p.grad is g  # ... and the next backward overwrites the kept buffer
+        np.testing.assert_array_equal(dc.to_numpy(p.grad), f)
 
 
 def test_repr():

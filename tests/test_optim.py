@@ -202,9 +202,15 @@ def test_zero_grad(backend):
     opt = SGD(params, lr=0.1)
     set_grads(params, grads_for(0))
     bufs = [p.grad for p in params]
-    opt.zero_grad()
+    opt.zero_grad(set_to_none=False)
     for p, b in zip(params, bufs, strict=True):
         assert p.grad is b and not dc.to_numpy(b).any()
+    opt.zero_grad()  # PyTorch's default: set to None
+    assert all(p.grad is None for p in params)
+    before = [dc.to_numpy(p.data) for p in params]
+    opt.step()  # nothing to do without gradients
+    for p, b in zip(params, before, strict=True):
+        np.testing.assert_array_equal(dc.to_numpy(p.data), b)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)

@@ -173,9 +173,11 @@ class NumbaStepMixin(Backend):
         )
         ok = ok and dt.name in FLOAT_DTYPES and all(b is not None for b in biases)
         ok = ok and all(w.ndim == 2 for w in weights) and all(b.ndim == 1 for b in biases)
-        ok = ok and all(
-            weights[l].shape[1] == weights[l - 1].shape[0] for l in range(1, nl)
-        ) and all(b.shape == (w.shape[0],) for w, b in zip(weights, biases, strict=True))
+        ok = (
+            ok
+            and all(weights[l].shape[1] == weights[l - 1].shape[0] for l in range(1, nl))
+            and all(b.shape == (w.shape[0],) for w, b in zip(weights, biases, strict=True))
+        )
         st = [list(s) for s in state]
         for s in st:
             ok = ok and len(s) == 2 * nl and all(

@@ -164,7 +164,7 @@ class Backend(LossKernels, UpdateKernels):
     def step(self, x: Any, threshold: float = 0.0, out: Any = None) -> Any:
         """Heaviside step: 1 where x >= threshold, else 0 (the perceptron's activation)."""
         if out is None:
-            out = self.empty(x.shape, x.dtype.name)
+            out = self.empty(x.shape, x.dtype)
         out[...] = x >= x.dtype.type(threshold)
         return out
 
@@ -238,7 +238,7 @@ class Backend(LossKernels, UpdateKernels):
         """Elementwise activation `kind` of x."""
         xp = self.xp
         if out is None:
-            out = self.empty(x.shape, x.dtype.name)
+            out = self.empty(x.shape, x.dtype)
         if kind == "identity":
             return self.copy_(out, x) if out is not x else out
         if kind == "relu":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ import numpy as np
 
 from ..errors import DtypeError, ShapeError
 from ._numba_step import FUSED_STEP_MAX_WORK, NumbaStepMixin, adam_scalars
-from .base import ACTIVATIONS, FLOAT_DTYPES, check_activation
+from .base import ACTIVATIONS, check_activation
 
 __all__ = ["FUSED_STEP_MAX_WORK", "NumbaBackend", "adam_scalars", "probe"]
 
@@ -54,6 +53,10 @@ def _kernels() -> Any:
     return type("Kernels", (), mods)
 
 
+#: Float types the kernels take (comparing dtype.type is much cheaper than dtype.name).
+_FLOAT_TYPES = (np.float32, np.float64)
+
+
 class NumbaBackend(NumbaStepMixin):
     """CPU backend: NumPy arrays, Numba-JIT kernels, BLAS where BLAS is faster."""
 
@@ -81,7 +84,7 @@ class NumbaBackend(NumbaStepMixin):
 
     def _dummy(self, dtype: Any, ndim: int) -> np.ndarray:
         """An empty array standing in for an unused optional operand (one type per dtype)."""
-        key = (np.dtype(dtype).name, ndim)
+        key = (np.dtype(dtype), ndim)
         d = self._dummies.get(key)
         if d is None:
             d = self._dummies[key] = np.empty((0,) * ndim, dtype=dtype)
@@ -90,7 +93,7 @@ class NumbaBackend(NumbaStepMixin):
     @staticmethod
     def _jit_ok(x: Any, *others: Any) -> bool:
         """True when the kernels take these: x 2-D float, all C-contiguous numpy, one dtype."""
-        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.name not in FLOAT_DTYPES:
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.type not in _FLOAT_TYPES:
             return False
         return all(
             o is None or (isinstance(o, np.ndarray) and o.flags.c_contiguous and o.dtype == x.dtype)
@@ -121,7 +124,7 @@ class NumbaBackend(NumbaStepMixin):
         ok = a.ndim == 2 and b.ndim == 2 and k == (b.shape[1] if trans_b else b.shape[0])
         if not ok or a.dtype != b.dtype or k == 0 or not self._use_jit(m * n * k):
             return super().gemm(a, b, trans_a, trans_b, alpha, beta, out)
-        if a.dtype.name not in ("float32", "float64"):
+        if a.dtype.type not in _FLOAT_TYPES:
             raise DtypeError(f"gemm: deepcore computes in float32 or float64, not {a.dtype}")
         if out is None:
             if beta != 0.0:
@@ -330,7 +333,7 @@ class NumbaBackend(NumbaStepMixin):
     def _flat(self, param: Any, *arrays: Any) -> list[Any] | None:
         """1-D views of param and same-shaped C-contiguous arrays (None entries -> dummies);
         None when the kernels cannot take them (the base path runs instead)."""
-        if not isinstance(param, np.ndarray) or param.dtype.name not in FLOAT_DTYPES:
+        if not isinstance(param, np.ndarray) or param.dtype.type not in _FLOAT_TYPES:
             return None
         out = []
         for a in (param, *arrays):

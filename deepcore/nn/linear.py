@@ -73,6 +73,8 @@ class Linear(Module):
                 f"expected {tuple(y.shape)}"
             )
         bias = self.bias if self.bias is not None and self.bias.requires_grad else None
+        if bias is not None:
+            db, accumulate = bias.grad_target()
         if activation is not None and activation.kind != "identity":
             if bias is not None:
                 dz, _ = be.activation_backward_bias_grad(
@@ -81,17 +83,21 @@ class Linear(Module):
                     x=pre,
                     y=y,
                     alpha=activation.alpha,
-                    db_out=bias.grad_buffer(),
-                    accumulate_db=True,
+                    db_out=db,
+                    accumulate_db=accumulate,
                 )
             else:
                 dz = be.activation_backward(activation.kind, dy, x=pre, y=y, alpha=activation.alpha)
         else:
             dz = dy
             if bias is not None:
-                be.bias_grad(dz, out=bias.grad_buffer(), accumulate=True)
+                be.bias_grad(dz, out=db, accumulate=accumulate)
+        if bias is not None:
+            bias.grad_written()
         if self.weight.requires_grad:
-            be.gemm(dz, x, trans_a=True, beta=1.0, out=self.weight.grad_buffer())
+            dw, accumulate = self.weight.grad_target()
+            be.gemm(dz, x, trans_a=True, beta=1.0 if accumulate else 0.0, out=dw)
+            self.weight.grad_written()
         if not need_input_grad:
             return None
         return be.gemm(dz, self.weight.data)

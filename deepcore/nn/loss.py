@@ -21,6 +21,7 @@ class Loss(Module):
             raise ValueError(f"{type(self).__name__}: reduction must be 'mean' or 'sum'")
         self.reduction = reduction
         self._cache_grad: Any = None
+        self._np_dtype: Any = None
 
     def __call__(self, input: Any, target: Any) -> Any:  # noqa: A002 - PyTorch's name
         return self.forward(input, target)
@@ -52,9 +53,11 @@ class Loss(Module):
 
             self.backend = owning_backend(input) or self.backend
         x = self.backend.asarray(input)
-        if x.dtype.name not in ("float32", "float64"):
+        if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
             raise DtypeError(f"{type(self).__name__}: predictions must be float, got {x.dtype}")
-        self.dtype = x.dtype.name
+        if x.dtype != self._np_dtype:
+            self.dtype = x.dtype.name
+            self._np_dtype = x.dtype
         return x
 
     def _count(self, logits: Any) -> int:

@@ -17,15 +17,32 @@ from ..errors import BackendMismatchError, DtypeError, ShapeError
 
 
 class Parameter:
-    """A trainable array on a backend with its gradient buffer (allocated on first backward)."""
+    """A trainable array on a backend and its gradient.
 
-    __slots__ = ("data", "grad", "backend", "requires_grad")
+    As in PyTorch, `grad` is None until a backward pass writes it and again after
+    `zero_grad()`; the buffer behind it is kept, so the next backward writes into it directly
+    (no zero-fill, no accumulate pass) and steady-state training allocates nothing.
+    """
+
+    __slots__ = ("data", "_grad", "_grad_live", "backend", "requires_grad")
 
     def __init__(self, data: Any, backend: Backend, requires_grad: bool = True) -> None:
         self.data = data
-        self.grad: Any = None
+        self._grad: Any = None
+        self._grad_live = False
         self.backend = backend
         self.requires_grad = requires_grad
+
+    @property
+    def grad(self) -> Any:
+        return self._grad if self._grad_live else None
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        if value is None:
+            self._grad_live = False
+        else:
+            self._grad, self._grad_live = value, True
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -39,18 +56,38 @@ class Parameter:
         """Host copy of the values."""
         return self.backend.to_host(self.data)
 
+    def grad_target(self) -> tuple[Any, bool]:
+        """(buffer, accumulate): where a backward pass writes this gradient, and whether it adds
+        to a live gradient (True) or overwrites (False). Call `grad_written()` after writing."""
+        if self._grad is None:
+            self._grad = self.backend.empty(self.shape, self.data.dtype)
+        return self._grad, self._grad_live
+
+    def grad_written(self) -> None:
+        """Mark the buffer from `grad_target` as holding this parameter's gradient."""
+        self._grad_live = True
+
     def grad_buffer(self) -> Any:
-        """The gradient array, created zero-filled on first use."""
-        if self.grad is None:
-            self.grad = self.backend.zeros(self.shape, self.dtype)
-        return self.grad
+        """The live gradient array, zero-filled if there was none."""
+        buf, live = self.grad_target()
+        if not live:
+            self.backend.fill_(buf, 0.0)
+            self._grad_live = True
+        return buf
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget the gradient (grad becomes None; the buffer is kept) or zero it in place."""
+        if set_to_none:
+            self._grad_live = False
+        elif self._grad_live:
+            self.backend.fill_(self._grad, 0.0)
 
     def to(self, backend: Backend, dtype: str | None = None) -> None:
-        """Move values (and the gradient, if any) to `backend`, optionally casting."""
+        """Move values (and the gradient buffer, if any) to `backend`, optionally casting."""
         dtype = dtype or self.dtype
         self.data = _move(self.data, self.backend, backend, dtype)
-        if self.grad is not None:
-            self.grad = _move(self.grad, self.backend, backend, dtype)
+        if self._grad is not None:
+            self._grad = _move(self._grad, self.backend, backend, dtype)
         self.backend = backend
 
     def __repr__(self) -> str:
@@ -152,11 +189,11 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
-    def zero_grad(self) -> None:
-        """Zero every gradient buffer in place (buffers are kept for reuse)."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset every gradient: to None (PyTorch's default; buffers are kept for reuse) or,
+        with set_to_none=False, to zeros in place."""
         for p in self.parameters():
-            if p.grad is not None:
-                p.backend.fill_(p.grad, 0.0)
+            p.zero_grad(set_to_none)
 
     # ---- devices and dtypes
     def to(self, backend: str | Backend | None = None, *, dtype: Any = None) -> Module:

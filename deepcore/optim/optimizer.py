@@ -57,12 +57,12 @@ class Optimizer:
         if not wd >= 0.0:
             raise ValueError(f"{type(self).__name__}: invalid weight_decay {wd!r} (need >= 0)")
 
-    def zero_grad(self) -> None:
-        """Zero every gradient buffer in place."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset every gradient: to None (PyTorch's default; buffers are kept for reuse) or,
+        with set_to_none=False, to zeros in place."""
         for g in self.param_groups:
             for p in g["params"]:
-                if p.grad is not None:
-                    p.backend.fill_(p.grad, 0.0)
+                p.zero_grad(set_to_none)
 
     def step(self) -> None:
         """One update of every parameter that has a gradient."""
