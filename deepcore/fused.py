@@ -16,7 +16,8 @@ FusedStep = Callable[[Any, Any], Any]
 
 
 def plan_fused_step(model: Module, loss_fn: Any, optimizer: Optimizer) -> FusedStep | None:
-    """A callable (x, y) -> 0-d loss doing one fused step, or None when the path does not apply."""
+    """A callable (x, y) -> (0-d loss, logits) doing one fused step, or None when the path does
+    not apply. The logits are a buffer reused by the next step: read them before it."""
     be = model.backend
     if not hasattr(be, "fused_mlp_step") or not isinstance(model, Sequential) or not model.fuse:
         return None
@@ -104,7 +105,8 @@ def plan_fused_step(model: Module, loss_fn: Any, optimizer: Optimizer) -> FusedS
                 first_step=first,
             )  # fmt: skip
             opt_name = "sgd"
-        return be.fused_mlp_step(
+        logits = be.scratch("fused_logits", (x.shape[0], n_classes), x.dtype)
+        loss = be.fused_mlp_step(
             [lin.weight.data for lin in linears],
             [lin.bias.data for lin in linears],
             [lin.weight.grad for lin in linears],
@@ -115,8 +117,10 @@ def plan_fused_step(model: Module, loss_fn: Any, optimizer: Optimizer) -> FusedS
             opt_name,
             state=state,
             alpha=alpha,
+            logits_out=logits,
             **common,
             **kw,
         )
+        return loss, logits
 
     return step

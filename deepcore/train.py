@@ -144,9 +144,8 @@ class Trainer:
         model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
         fused = self._fused_plan()
         if fused is not None:
-            loss = fused(xb, yb)
+            loss, self._last_logits = fused(xb, yb)
             self.step += 1
-            self._last_logits = None
             return loss
         logits = model(xb)
         loss = loss_fn(logits, yb)

@@ -54,6 +54,9 @@ def test_fused_step_equals_layer_by_layer(backend_name, opt_name, dtype):
     for a, b in zip(wf, wp, strict=True):
         np.testing.assert_allclose(a, b, **tol)
     np.testing.assert_allclose(fused.history["loss"], plain.history["loss"], **tol)
+    # train accuracy comes from the fused step's logits as from the layer path's
+    np.testing.assert_allclose(fused.history["accuracy"], plain.history["accuracy"], atol=0.02)
+    assert len(fused.history["accuracy"]) == 3
 
 
 @pytest.mark.parametrize("backend_name", _fused_backends())

@@ -85,6 +85,7 @@ class NumbaStepMixin(Backend):
         maximize: bool = False,
         state: Sequence[Sequence[Any]] = (),
         alpha: float = 0.01,
+        logits_out: Any = None,
     ) -> Any:
         """One SGD/Adam training step of an MLP with softmax cross-entropy; returns the 0-d loss.
 
@@ -120,7 +121,7 @@ class NumbaStepMixin(Backend):
                 plan, dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                      first_step=first_step, step=step, beta1=beta1, beta2=beta2, eps=eps,
                      decoupled=decoupled, amsgrad=amsgrad, weight_decay=weight_decay,
-                     maximize=maximize), alpha,
+                     maximize=maximize), alpha, logits_out,
             )  # fmt: skip
         if labels.shape != (m,):
             raise ShapeError(f"labels have shape {labels.shape}, expected ({m},)")
@@ -141,6 +142,8 @@ class NumbaStepMixin(Backend):
                 plan.flags, *ws, loss)  # fmt: skip
         if not self._run(k.mlp_step, ("step", plan.nl, dt.char), *args):
             raise IndexError(f"labels must lie in [0, {weights[-1].shape[0]})")
+        if logits_out is not None:
+            logits_out[...] = ws[1][-1]  # this step's logits (before the update)
         return loss
 
     def _plan(self, weights: Any, biases: Any, wgrads: Any, bgrads: Any, acts: Any,
@@ -221,6 +224,7 @@ class NumbaStepMixin(Backend):
     def _layered_step(
         self, weights: Any, biases: Any, wgrads: Any, bgrads: Any, acts: Any, x: Any,
         labels: Any, optimizer: str, plan: _Plan, hyper: dict[str, Any], alpha: float,
+        logits_out: Any = None,
     ) -> Any:  # fmt: skip
         """fused_mlp_step's maths through the backend's per-layer methods (large models)."""
         nl = len(weights)
@@ -235,6 +239,8 @@ class NumbaStepMixin(Backend):
                         pre_out=zs[l])  # fmt: skip
             inputs.append(outs[l])
         loss, d = self.softmax_cross_entropy(outs[-1], labels, grad_out=ds[-1])
+        if logits_out is not None:
+            logits_out[...] = outs[-1]
         for l in range(nl - 1, -1, -1):
             d, _ = self.activation_backward_bias_grad(
                 acts[l], d, x=zs[l], y=outs[l], alpha=alpha, dx_out=d, db_out=bgrads[l]
