@@ -192,23 +192,9 @@ class Backend(LossKernels, UpdateKernels):
         out: Any = None,
     ) -> Any:
         """out = alpha * op(a) @ op(b) + beta * out, op = transpose where asked."""
+        m, n, out = self._gemm_args(a, b, trans_a, trans_b, beta, out)
         a2 = a.T if trans_a else a
         b2 = b.T if trans_b else b
-        if a2.ndim != 2 or b2.ndim != 2 or a2.shape[1] != b2.shape[0]:
-            raise ShapeError(
-                f"gemm: cannot multiply {_opname(a, trans_a)} by {_opname(b, trans_b)}"
-            )
-        if a.dtype != b.dtype:
-            raise DtypeError(f"gemm: operand dtypes differ ({a.dtype} and {b.dtype})")
-        m, n = a2.shape[0], b2.shape[1]
-        if out is None:
-            if beta != 0.0:
-                raise ValueError("gemm: beta != 0 needs out=")
-            out = self.empty((m, n), a.dtype)
-        elif out.dtype != a.dtype:
-            raise DtypeError(f"gemm: out has dtype {out.dtype}, expected {a.dtype}")
-        elif out.shape != (m, n):
-            raise ShapeError(f"gemm: out has shape {out.shape}, expected {(m, n)}")
         if beta == 0.0:
             self.xp.matmul(a2, b2, out=out)
             if alpha != 1.0:
@@ -222,6 +208,32 @@ class Backend(LossKernels, UpdateKernels):
             out *= beta
         out += tmp
         return out
+
+    def _gemm_args(
+        self, a: Any, b: Any, trans_a: bool, trans_b: bool, beta: float, out: Any
+    ) -> tuple[int, int, Any]:
+        """Check a GEMM's operands (every backend's gemm calls this); returns m, n and `out`,
+        allocated when not given."""
+        if a.ndim != 2 or b.ndim != 2:
+            raise ShapeError(f"gemm: operands must be 2-D, got {_opname(a, trans_a)} and "
+                             f"{_opname(b, trans_b)}")  # fmt: skip
+        m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+        k2, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+        if k != k2:
+            raise ShapeError(
+                f"gemm: cannot multiply {_opname(a, trans_a)} by {_opname(b, trans_b)}"
+            )
+        if a.dtype != b.dtype:
+            raise DtypeError(f"gemm: operand dtypes differ ({a.dtype} and {b.dtype})")
+        if out is None:
+            if beta != 0.0:
+                raise ValueError("gemm: beta != 0 needs out=")
+            out = self.empty((m, n), a.dtype)
+        elif out.dtype != a.dtype:
+            raise DtypeError(f"gemm: out has dtype {out.dtype}, expected {a.dtype}")
+        elif out.shape != (m, n):
+            raise ShapeError(f"gemm: out has shape {out.shape}, expected {(m, n)}")
+        return m, n, out
 
     def bias_add(self, x: Any, b: Any, out: Any = None) -> Any:
         return self.xp.add(x, b, out=out)

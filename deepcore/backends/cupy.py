@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CudaOutOfMemoryError, DtypeError, ShapeError
+from ..errors import CudaOutOfMemoryError, DtypeError
 from ..kernels.cuda import geometry, source
 from ..kernels.cuda.spec import KERNELS, kernels_in, marshal
 from ._cupy_steps import CupyStepsMixin
@@ -236,20 +236,8 @@ class CupyBackend(CupyStepsMixin):
         out: Any = None,
     ) -> Any:
         """out = alpha * op(a) @ op(b) + beta * out on cuBLAS (transpose flags, no copies)."""
-        m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
-        k2, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
-        if a.ndim != 2 or b.ndim != 2 or k != k2:
-            t_a, t_b = ".T" if trans_a else "", ".T" if trans_b else ""
-            raise ShapeError(
-                f"gemm: cannot multiply {tuple(a.shape)}{t_a} by {tuple(b.shape)}{t_b}"
-            )
         self._fast(a, b, out)
-        if out is None:
-            if beta != 0.0:
-                raise ValueError("gemm: beta != 0 needs out=")
-            out = self.empty((m, n), a.dtype.name)
-        elif out.shape != (m, n):
-            raise ShapeError(f"gemm: out has shape {out.shape}, expected {(m, n)}")
+        _, _, out = self._gemm_args(a, b, trans_a, trans_b, beta, out)
         tf32 = self.allow_tf32 and a.dtype.name == "float32"
         prev, want, set_mode = self._math_mode(tf32)
         try:

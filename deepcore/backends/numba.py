@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DtypeError, ShapeError
+from ..errors import DtypeError
 from ._numba_step import FUSED_STEP_MAX_WORK, NumbaStepMixin, adam_scalars
 from ._numba_updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin
 from .base import ACTIVATIONS, check_activation
@@ -119,14 +119,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
             return super().gemm(a, b, trans_a, trans_b, alpha, beta, out)
         if a.dtype.type not in _FLOAT_TYPES:
             raise DtypeError(f"gemm: deepcore computes in float32 or float64, not {a.dtype}")
-        if out is None:
-            if beta != 0.0:
-                raise ValueError("gemm: beta != 0 needs out=")
-            out = np.empty((m, n), a.dtype)
-        elif out.dtype != a.dtype:
-            raise DtypeError(f"gemm: out has dtype {out.dtype}, expected {a.dtype}")
-        elif out.shape != (m, n):
-            raise ShapeError(f"gemm: out has shape {out.shape}, expected {(m, n)}")
+        m, n, out = self._gemm_args(a, b, trans_a, trans_b, beta, out)
         if not out.flags.c_contiguous:
             return super().gemm(a, b, trans_a, trans_b, alpha, beta, out)
         a = np.ascontiguousarray(a)
