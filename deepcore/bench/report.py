@@ -143,7 +143,7 @@ def render(result: dict[str, Any], stream: IO[str] | None = None) -> None:
         print(n, file=stream)
     extra = result.get("sklearn_compare")
     if extra:
-        print("\nscikit-learn comparison (benchmarks/sklearn_compare.py):", file=stream)
+        print("\nscikit-learn comparison (deepcore.bench.sklearn_compare):", file=stream)
         keys = list(dict.fromkeys(k for row in extra for k in row))
         body = [[_cell(row.get(k)) for k in keys] for row in extra]
         print(plain_table(keys, body), file=stream)
