@@ -239,7 +239,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         + f" | backend {backend.name} ({dtype})",
         file=log,
     )
+    if hasattr(backend, "warmup"):
+        print(f"{backend.name}: compiling kernels (cached after the first run) ...", file=log)
     warm = _warmup(backend, dtype)
+    if hasattr(backend, "warmup"):
+        print(f"{backend.name}: ready in {warm:.1f} s", file=log)
     t0 = time.perf_counter()
     try:
         history = trainer.fit(
@@ -282,7 +286,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"test accuracy {result['test_accuracy']:.4f} | test loss {result['test_loss']:.4f} | "
         f"{trainer.epoch} epochs in {seconds:.2f} s "
-        f"({result['samples_per_second'] or 0:,.0f} samples/s on {backend.name})"
+        f"({result['samples_per_second'] or 0:,.0f} samples/s on {backend.name}"
+        + (f"; JIT warm-up {warm:.1f} s apart" if warm else "")
+        + ")"
     )
     if args.save:
         print(f"checkpoint: {args.save}", file=log)
