@@ -315,7 +315,8 @@ def test_the_generic_contract_suite_passes_for_cupy_on_the_double():
         "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
     }
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "cupy_double", "-k", "cupy",
-           "-p", "no:cacheprovider", str(tests / "test_backend_contract.py")]  # fmt: skip
+           "-p", "no:cacheprovider", str(tests / "test_backend_contract.py"),
+           str(tests / "test_backend_contract_updates.py")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tests.parent)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]
