@@ -347,15 +347,15 @@ def cmd_info() -> int:
         print(f"  {name:6s} {mark:11s} {av.reason}")
     from .backends.numpy import blas_info
 
-    for k, v in blas_info().items():
-        print(f"{k}: {v}")
+    facts = dict(blas_info())
     try:
         from .threads import threading_info
 
-        for k, v in threading_info().items():
-            print(f"{k}: {v}")
+        facts.update(threading_info())
     except ImportError:
         pass
+    for k, v in facts.items():
+        print(f"{k}: {v}")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         if var in os.environ:
             print(f"{var}={os.environ[var]}")
