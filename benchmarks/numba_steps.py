@@ -7,9 +7,9 @@ Run: python benchmarks/numba_steps.py [--workloads small,mnist,wide] [--optimize
 Every contender trains from the same initial weights on the same batches (SGD momentum 0.9 or
 Adam, float32, the runners of deepcore.bench). Rounds interleave the contenders: each round times
 one block of steps per contender (block ~30 ms, after a 0.25 s pause and one untimed step so
-that no other contender's thread pool is still spinning), and the reported figure is the median over rounds
-of the per-step time, so machine-wide load drifts hit every contender alike. The sgemm rate
-(np.matmul float32 1024^3, out=) is sampled in the same rounds for the wide workload's goal.
+that no other contender's thread pool is still spinning), and the reported figure is the median
+over rounds of the per-step time, so machine-wide load drifts hit every contender alike. The
+sgemm rate (np.matmul float32 1024^3, out=) is sampled in the same rounds for the wide goal.
 --alloc adds a tracemalloc check of the numba fused step: net and peak bytes over 100 steps
 after warm-up (NumPy's data buffers are traced by tracemalloc).
 """
@@ -137,7 +137,6 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
     probe = statistics.median(_time_block(f, 5) for f in fns)
     n = max(1, min(2000, int(0.03 / probe)))
     names = [r.name for r in runners]
-    sg = None
     if name == "wide":
         a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
         c = np.empty_like(a)
@@ -169,8 +168,10 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
     if name == "wide":
         rate = 2 * 1024**3 / med["sgemm1024"]
         fl = w.flops_per_step
-        print(f"  sgemm 1024^3: {rate / 1e9:.1f} GFLOP/s; step GFLOP/s / sgemm rate: "
-              + ", ".join(f"{k} {fl / med[k] / rate * 100:.0f}%" for k in names[:-1]))
+        print(
+            f"  sgemm 1024^3: {rate / 1e9:.1f} GFLOP/s; step GFLOP/s / sgemm rate: "
+            + ", ".join(f"{k} {fl / med[k] / rate * 100:.0f}%" for k in names[:-1])
+        )
     if alloc:
         r = runners[3]
         b = [r.put(x, y) for x, y in host]
@@ -186,7 +187,8 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
         snap1 = tracemalloc.take_snapshot()
         tracemalloc.stop()
         diff = snap1.compare_to(snap0, "filename")
-        npd = [s for s in snap1.filter_traces([tracemalloc.DomainFilter(True, 389047)]).statistics("filename")]
+        numpy_domain = tracemalloc.DomainFilter(True, 389047)  # NumPy's data-buffer domain
+        npd = list(snap1.filter_traces([numpy_domain]).statistics("filename"))
         cnt = sum(d.count_diff for d in diff)
         print(f"  alloc (numba fused, 100 steps, the 100 returned losses kept alive): net "
               f"{cur1 - cur0} B in {cnt} blocks; peak above start {peak - cur0} B; numpy data "

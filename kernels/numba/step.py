@@ -121,10 +121,11 @@ def dot_nt(a, w, c):
         ar = a[i]
         for o in range(n):
             wr = w[o]
-            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = zero
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
+            s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = zero
             for p in range(0, kb, 16):
-                av = ar[p:p + 16]
-                wv = wr[p:p + 16]
+                av = ar[p : p + 16]
+                wv = wr[p : p + 16]
                 s0 += av[0] * wv[0]
                 s1 += av[1] * wv[1]
                 s2 += av[2] * wv[2]
@@ -141,7 +142,9 @@ def dot_nt(a, w, c):
                 s13 += av[13] * wv[13]
                 s14 += av[14] * wv[14]
                 s15 += av[15] * wv[15]
-            s = ((((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + (((s8 + s9) + (s10 + s11)) + ((s12 + s13) + (s14 + s15))))
+            s = (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + (
+                ((s8 + s9) + (s10 + s11)) + ((s12 + s13) + (s14 + s15))
+            )
             for p in range(kb, k):
                 s += ar[p] * wr[p]
             c[i, o] = s
