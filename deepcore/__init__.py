@@ -17,6 +17,7 @@ from .backends import (
     set_default_backend,
     use_backend,
 )
+from .backends.base import to_numpy
 from .errors import (
     BackendMismatchError,
     BackendUnavailableError,
@@ -64,15 +65,6 @@ __all__ = [
     "CheckpointError",
     "CudaOutOfMemoryError",
 ]
-
-
-def to_numpy(x: Any) -> Any:
-    """A host NumPy copy of any backend array (a copy, so later steps cannot change it)."""
-    import numpy as np
-
-    if type(x).__module__.split(".")[0] == "cupy":
-        return x.get()
-    return np.array(x, copy=True)
 
 
 _LAZY = {

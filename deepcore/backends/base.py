@@ -392,6 +392,18 @@ def array_backend_name(x: Any) -> str | None:
     return None
 
 
+def to_numpy(x: Any) -> np.ndarray:
+    """A host NumPy copy of any array: a backend's (NumPy, CuPy), a torch tensor, or a list.
+
+    Always a copy, so later steps (which reuse buffers) cannot change it.
+    """
+    if hasattr(x, "detach"):  # torch.Tensor
+        x = x.detach().cpu().numpy()
+    elif type(x).__module__.split(".")[0] == "cupy":
+        return x.get()
+    return np.array(x, copy=True)
+
+
 def _host_erf(x: np.ndarray) -> np.ndarray:
     """erf on a host array: SciPy's ufunc when installed, else math.erf element by element."""
     try:

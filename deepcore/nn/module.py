@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ..backends import Backend, get_backend
-from ..backends.base import normalize_dtype
+from ..backends.base import normalize_dtype, to_numpy
 from ..errors import BackendMismatchError, DtypeError, ShapeError
 
 
@@ -241,7 +241,7 @@ class Module:
         for name, p in own.items():
             if name not in state:
                 continue
-            value = _host_array(state[name])
+            value = to_numpy(state[name])
             if tuple(value.shape) != p.shape:
                 raise ShapeError(
                     f"parameter {name!r}: state dict has shape {tuple(value.shape)}, "
@@ -250,7 +250,7 @@ class Module:
             staged[name] = value
         for name, value in staged.items():  # all checked before anything is written
             p = own[name]
-            p.data = p.backend.asarray(value.astype(p.dtype, copy=True))
+            p.data = p.backend.asarray(value.astype(p.dtype, copy=False))  # already a copy
 
     # ---- description
     def extra_repr(self) -> str:
@@ -270,14 +270,6 @@ class Module:
             lines.append(")")
             return "\n".join(lines)
         return lines[0] + ")"
-
-
-def _host_array(value: Any) -> Any:
-    if hasattr(value, "detach"):  # torch.Tensor
-        value = value.detach().cpu().numpy()
-    import numpy as np  # host conversion of user data only, not compute
-
-    return np.asarray(value)
 
 
 class Sequential(Module):

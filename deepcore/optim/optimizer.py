@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..backends import Backend, get_backend
+from ..backends.base import to_numpy as _to_host
 from ..nn.module import Parameter, parameters_backend
 
 
@@ -171,16 +172,6 @@ class Optimizer:
                 if k not in ("params", "initial_lr"):
                     lines.append(f"    {k}: {g[k]}")
         return "\n".join(lines) + "\n)"
-
-
-def _to_host(v: Any) -> Any:
-    if hasattr(v, "detach"):  # torch tensor
-        return v.detach().cpu().numpy()
-    if type(v).__module__.split(".")[0] == "cupy":
-        return v.get()
-    import numpy as np  # host copies for state dicts
-
-    return np.array(v, copy=True)
 
 
 def _scalar(v: Any) -> Any:
