@@ -196,8 +196,6 @@ class Trainer:
         val = _as_xy(validation, "validation data") if validation is not None else None
         classify = isinstance(self.loss_fn, CrossEntropyLoss)
         y = _column_targets(y, classify)
-        if val is not None:
-            val = (val[0], _column_targets(val[1], classify))
         batches = BatchIterator(X, y, batch_size, shuffle=shuffle, rng=self.rng)
         check_every = 1 if self.backend.device == "cpu" else 50
         bar = _progress(progress, len(batches) * epochs)
@@ -215,6 +213,7 @@ class Trainer:
                     if classify and self._last_logits is not None:
                         correct = correct + self.backend.count_correct(self._last_logits, yb)
                         counted += n
+                    value = None  # the loss on the host, read once where it is needed
                     if i % check_every == 0 or i == len(batches) - 1:
                         value = float(loss)
                         if not math.isfinite(value):
@@ -222,12 +221,14 @@ class Trainer:
                                 f"loss became {value} at step {self.step} (epoch "
                                 f"{self.epoch + 1}); lower the learning rate or check the data"
                             )
-                    total += float(loss) * n if check_every == 1 else 0.0
+                        if check_every == 1:
+                            total += value * n
                     if bar is not None:
                         bar.update(1)
                         if i % 20 == 0:
+                            shown = value if value is not None else float(loss)
                             bar.set_description(f"epoch {self.epoch + 1}/{target_epoch}")
-                            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+                            bar.set_postfix(loss=f"{shown:.4f}", refresh=False)
                 self.backend.synchronize()
                 seconds = time.perf_counter() - t0
                 self.epoch += 1
@@ -235,7 +236,7 @@ class Trainer:
                     self.scheduler.step()
                 record: dict[str, float] = {
                     "epoch": self.epoch,
-                    "loss": total / seen if check_every == 1 else float(loss),
+                    "loss": total / seen if check_every == 1 else value,  # read at the last step
                     "seconds": seconds,
                     "samples_per_second": seen / seconds if seconds > 0 else float("inf"),
                     "lr": self.optimizer.param_groups[0]["lr"],
@@ -243,7 +244,9 @@ class Trainer:
                 if classify and counted:
                     record["accuracy"] = int(correct) / counted
                 if val is not None:
-                    vm = self.evaluate(val, batch_size=max(batch_size, 256))
+                    vm = _evaluate_arrays(
+                        self.model, *val, self.loss_fn, batch_size=max(batch_size, 256)
+                    )
                     record.update({f"val_{k}": v for k, v in vm.items()})
                 self.history.epochs.append(record)
                 if bar is not None:
@@ -265,8 +268,7 @@ class Trainer:
         self, data: Dataset | tuple[Any, Any], *, batch_size: int = 512
     ) -> dict[str, float]:
         """Mean loss (and accuracy for classification) over `data`, in eval mode."""
-        X, y = _as_xy(data, "evaluation data")
-        return evaluate(self.model, (X, y), loss_fn=self.loss_fn, batch_size=batch_size)
+        return evaluate(self.model, data, loss_fn=self.loss_fn, batch_size=batch_size)
 
 
 def evaluate(
@@ -280,6 +282,13 @@ def evaluate(
     X, y = _as_xy(data, "evaluation data")
     if isinstance(loss_fn, str):
         loss_fn = LOSSES[loss_fn](backend=model.backend, dtype=model.dtype)
+    return _evaluate_arrays(model, X, y, loss_fn, batch_size=batch_size)
+
+
+def _evaluate_arrays(
+    model: Module, X: np.ndarray, y: np.ndarray, loss_fn: Loss, *, batch_size: int
+) -> dict[str, float]:
+    """`evaluate` on arrays already checked by `_as_xy` (fit checks its validation set once)."""
     loss_fn.backend = model.backend
     classify = isinstance(loss_fn, CrossEntropyLoss)
     y = _column_targets(y, classify)
