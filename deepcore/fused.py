@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .nn import CrossEntropyLoss, Linear, Module, Sequential
-from .nn.activation import Activation, Identity
+from .nn.activation import Activation
 from .nn.loss import _check_labels
 from .optim import SGD, Adam, Optimizer
 
@@ -39,14 +39,13 @@ def plan_fused_step(model: Module, loss_fn: Any, optimizer: Optimizer) -> FusedS
         kind = "identity"
         if isinstance(nxt, Activation) and nxt.fusable:
             kind = nxt.kind
-            alpha = nxt.alpha
             i += 1
         elif nxt is not None and not isinstance(nxt, Linear):
             return None
         linears.append(layer)
         acts.append(kind)
         i += 1
-    if acts[-1] != "identity" and not isinstance(layers[-1], Identity):
+    if acts[-1] != "identity":
         return None  # the logits must be the last Linear's output
     leaky = [a for a in layers if isinstance(a, Activation) and a.kind == "leaky_relu"]
     alpha = leaky[0].alpha if leaky else 0.01
