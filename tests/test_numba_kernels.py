@@ -152,3 +152,82 @@ def test_losses_match_reference(nb, ref, dt, shape):
         assert getattr(nb, name)(z, target, grad_out=out)[1] is out
     with pytest.raises(IndexError):
         nb.softmax_cross_entropy(z, np.full(shape[0], shape[1]))
+
+
+UPDATE_CASES = [
+    ("sgd", dict(lr=0.1)),
+    ("sgd", dict(lr=0.1, momentum=0.9)),
+    ("sgd", dict(lr=0.1, momentum=0.9, dampening=0.3, nesterov=False)),
+    ("sgd", dict(lr=0.1, momentum=0.8, nesterov=True, weight_decay=0.1)),
+    ("sgd", dict(lr=0.1, weight_decay=0.05, maximize=True)),
+    ("adam", dict(lr=0.01)),
+    ("adam", dict(lr=0.01, weight_decay=0.1, decoupled=True)),
+    ("adam", dict(lr=0.01, weight_decay=0.1)),
+    ("adam", dict(lr=0.01, amsgrad=True, maximize=True)),
+    ("rmsprop", dict(lr=0.01, alpha=0.99, eps=1e-8)),
+    ("rmsprop", dict(lr=0.01, alpha=0.9, eps=1e-6, centered=True, momentum=0.9, weight_decay=0.1)),
+    ("rmsprop", dict(lr=0.01, alpha=0.99, eps=1e-8, maximize=True)),
+]
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("n", [1, 1037, (1 << 20) + 3])  # the last runs the prange kernels
+@pytest.mark.parametrize("rule,hp", UPDATE_CASES, ids=lambda c: str(c))
+def test_updates_bitwise_equal_numpy(nb, ref, dt, n, rule, hp):
+    """The vectorized fast paths and the general loops do NumPy's IEEE operations in NumPy's
+    order (no contraction): 5 steps give the same bits as the NumPy backend."""
+    rng = np.random.default_rng(n)
+    p0 = rand(rng, n, dt)
+    nstate = {"sgd": 1, "adam": 3, "rmsprop": 3}[rule]
+    runs = []
+    for be in (nb, ref):
+        p = p0.copy()
+        state = [np.zeros(n, dt) for _ in range(nstate)]
+        for step in range(1, 6):
+            g = rand(np.random.default_rng(step), n, dt)
+            if rule == "sgd":
+                be.sgd_update(p, g, state[0], first_step=step == 1, **hp)
+            elif rule == "adam":
+                vmax = state[2] if hp.get("amsgrad") else None
+                be.adam_update(
+                    p, g, state[0], state[1], step=step, beta1=0.9, beta2=0.99, eps=1e-8,
+                    max_exp_avg_sq=vmax, **hp,
+                )  # fmt: skip
+            else:
+                be.rmsprop_update(p, g, state[0], momentum_buffer=state[1], grad_avg=state[2], **hp)
+        runs.append((p, state))
+    (p_nb, s_nb), (p_ref, s_ref) = runs
+    np.testing.assert_array_equal(p_nb, p_ref)
+    for a, b in zip(s_nb, s_ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize(
+    "pattern", ["distinct", "pre_is_z", "out_is_z", "out_is_z_no_pre", "no_pre"]
+)
+def test_bias_relu_every_aliasing_pattern(nb, dt, pattern):
+    """Each in-place pattern has its own vectorized loop; all give z + b and relu exactly."""
+    rng = np.random.default_rng(7)
+    z0, b = rand(rng, (37, 129), dt), rand(rng, 129, dt)
+    v = z0 + b
+    z = z0.copy()
+    out = z if pattern.startswith("out_is_z") else np.full_like(z, np.nan)
+    pre = {"pre_is_z": z, "distinct": np.full_like(z, np.nan), "out_is_z": np.full_like(z, 7)}
+    pre_arr = pre.get(pattern)
+    nb._bias_act(z, b, "relu", 0.0, out, pre_arr)
+    np.testing.assert_array_equal(out, np.maximum(v, 0))
+    if pre_arr is not None:
+        np.testing.assert_array_equal(pre_arr, v)
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_relu_backward_bias_grad_in_place(nb, ref, in_place):
+    rng = np.random.default_rng(8)
+    dy, y = rand(rng, (300, 70), "float32"), rand(rng, (300, 70), "float32")
+    want_dx, want_db = ref.activation_backward_bias_grad("relu", dy.copy(), y=y)
+    dx = dy if in_place else np.empty_like(dy)
+    db = np.empty(70, np.float32)
+    nb.activation_backward_bias_grad("relu", dy, y=y, dx_out=dx, db_out=db)
+    np.testing.assert_array_equal(dx, want_dx)
+    close(db, want_db, "float32")

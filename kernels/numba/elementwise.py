@@ -69,17 +69,51 @@ def act_grad(d, x, y, code, alpha):
 
 
 @njit(**OPTS)
-def bias_act_rows(lo, hi, z, b, has_b, code, alpha, out, pre, has_pre):
-    """Rows lo..hi: v = z + b; pre = v (if has_pre); out = act(v). z may be out or pre."""
+def _relu_rows(lo, hi, z, b, out, pre, has_pre):
+    """bias + ReLU rows, one branch-free loop per aliasing pattern. LLVM vectorizes a loop only
+    after a run-time check that its arrays do not overlap; in-place calls (pre or out being z)
+    would fail it and run scalar, so each pattern reads and writes the aliased array through one
+    name (measured: 128 x 512 in place, 46 -> ~20 us)."""
     n = z.shape[1]
-    if code == RELU and has_b:  # the common case, branch-free over 0-based rows: vectorizes
-        zero = alpha - alpha
-        for i in range(lo, hi):
-            zr, outr, prer = z[i], out[i], pre[i] if has_pre else out[i]
+    zero = b.dtype.type(0)
+    zp = z.ctypes.data
+    pre_is_z = has_pre and pre.ctypes.data == zp
+    out_is_z = out.ctypes.data == zp
+    for i in range(lo, hi):
+        zr, outr = z[i], out[i]
+        if pre_is_z and not out_is_z:  # z <- z + b, out <- relu
+            for j in range(n):
+                v = zr[j] + b[j]
+                zr[j] = v
+                outr[j] = v if v > zero else zero
+        elif has_pre and out_is_z and not pre_is_z:  # pre <- z + b, z <- relu
+            prer = pre[i]
+            for j in range(n):
+                v = zr[j] + b[j]
+                prer[j] = v
+                zr[j] = v if v > zero else zero
+        elif has_pre and not pre_is_z:  # three arrays
+            prer = pre[i]
             for j in range(n):
                 v = zr[j] + b[j]
                 prer[j] = v
                 outr[j] = v if v > zero else zero
+        elif out_is_z:  # z <- relu(z + b) (pre, if given, is z too: out's value wins)
+            for j in range(n):
+                v = zr[j] + b[j]
+                zr[j] = v if v > zero else zero
+        else:  # out <- relu(z + b)
+            for j in range(n):
+                v = zr[j] + b[j]
+                outr[j] = v if v > zero else zero
+
+
+@njit(**OPTS)
+def bias_act_rows(lo, hi, z, b, has_b, code, alpha, out, pre, has_pre):
+    """Rows lo..hi: v = z + b; pre = v (if has_pre); out = act(v). z may be out or pre."""
+    n = z.shape[1]
+    if code == RELU and has_b:  # the common case: vectorized loops
+        _relu_rows(lo, hi, z, b, out, pre, has_pre)
         return
     for i in range(lo, hi):
         for j in range(n):
@@ -133,12 +167,20 @@ def act_backward_bias_grad_cols(lo, hi, code, dy, x, y, alpha, dx, db, accumulat
     if code == RELU:  # branch-free over 0-based row slices: vectorizes; same sums, same order
         dbs = db[lo:hi]
         zero = alpha - alpha
+        in_place = dx.ctypes.data == dy.ctypes.data  # one name for it, or LLVM stays scalar
         for i in range(m):
-            dyr, yr, dxr = dy[i, lo:hi], y[i, lo:hi], dx[i, lo:hi]
-            for j in range(dbs.shape[0]):
-                g = dyr[j] if yr[j] > zero else zero * dyr[j]
-                dxr[j] = g
-                dbs[j] += g
+            dyr, yr = dy[i, lo:hi], y[i, lo:hi]
+            if in_place:
+                for j in range(dbs.shape[0]):
+                    g = dyr[j] if yr[j] > zero else zero * dyr[j]
+                    dyr[j] = g
+                    dbs[j] += g
+            else:
+                dxr = dx[i, lo:hi]
+                for j in range(dbs.shape[0]):
+                    g = dyr[j] if yr[j] > zero else zero * dyr[j]
+                    dxr[j] = g
+                    dbs[j] += g
         return
     for i in range(m):
         for j in range(lo, hi):

@@ -4,6 +4,13 @@ results match the NumPy backend to the last bit where no transcendental is invol
 
 Each rule is a serial `*_range(lo, hi, ...)` plus a `prange` wrapper over fixed chunks.
 Arrays that a configuration does not use are passed as empty arrays of the same dtype.
+
+Every loop runs over 0-based slices `[lo:hi]`: indexing with `i in range(lo, hi)` makes numba
+emit a negative-index wraparound check (lo is only known at run time) that keeps LLVM from
+vectorizing, and the common configurations get branch-free loops for the same reason (measured,
+SGD with momentum: 401k elements serial 0.45 -> 0.19 ms, 16.8M parallel 14.7 -> 5.9 ms). Vector
+lanes do the same IEEE operations in the same order as the scalar loop, so results are unchanged
+to the last bit (tests/test_numba_kernels.py checks every rule against the NumPy backend).
 """
 
 from __future__ import annotations
@@ -20,14 +27,22 @@ from ._config import OPTS  # noqa: E402
 @njit(**OPTS)
 def sgd_range(lo, hi, p, g, buf, lr, momentum, one_m_damp, nesterov, wd, maximize, first):
     """torch.optim.SGD on elements lo..hi."""
+    p, g = p[lo:hi], g[lo:hi]
+    n = p.shape[0]
+    if momentum == 0 and not maximize and wd == 0:
+        for i in range(n):
+            p[i] -= lr * g[i]
+        return
+    if momentum != 0:
+        buf = buf[lo:hi]
     if momentum != 0 and not (maximize or nesterov or first) and wd == 0:
         # the common case as a branch-free loop (vectorizes); same operations, same order
-        for i in range(lo, hi):
+        for i in range(n):
             b = buf[i] * momentum + one_m_damp * g[i]
             buf[i] = b
             p[i] -= lr * b
         return
-    for i in range(lo, hi):
+    for i in range(n):
         d = -g[i] if maximize else g[i]
         if wd != 0:
             d = d + wd * p[i]
@@ -45,46 +60,35 @@ def sgd_range(lo, hi, p, g, buf, lr, momentum, one_m_damp, nesterov, wd, maximiz
 def sgd(p, g, buf, lr, momentum, one_m_damp, nesterov, wd, maximize, first):
     n = p.shape[0]
     for c in prange(-(-n // CHUNK)):
-        sgd_range(
-            c * CHUNK,
-            min(n, c * CHUNK + CHUNK),
-            p,
-            g,
-            buf,
-            lr,
-            momentum,
-            one_m_damp,
-            nesterov,
-            wd,
-            maximize,
-            first,
-        )
+        lo = c * CHUNK
+        hi = min(n, lo + CHUNK)
+        sgd_range(lo, hi, p, g, buf, lr, momentum, one_m_damp, nesterov, wd, maximize, first)
 
 
 @njit(**OPTS)
 def adam_range(
-    lo,
-    hi,
-    p,
-    g,
-    m1,
-    m2,
-    mx,
-    lr_bc1,
-    beta1,
-    one_m_b1,
-    beta2,
-    one_m_b2,
-    bc2_sqrt,
-    eps,
-    wd,
-    decay_factor,
-    decoupled,
-    amsgrad,
-    maximize,
-):
+    lo, hi, p, g, m1, m2, mx, lr_bc1, beta1, one_m_b1, beta2, one_m_b2, bc2_sqrt, eps, wd,
+    decay_factor, decoupled, amsgrad, maximize,
+):  # fmt: skip
     """torch.optim.Adam / AdamW on elements lo..hi (bias corrections folded in on the host)."""
-    for i in range(lo, hi):
+    p, g, m1, m2 = p[lo:hi], g[lo:hi], m1[lo:hi], m2[lo:hi]
+    n = p.shape[0]
+    if not (maximize or amsgrad) and (wd == 0 or decoupled):
+        # Adam without weight decay, and AdamW: branch-free, so it vectorizes. Without decay
+        # the factor is 1, and p * 1 is p exactly: the same results as the general loop.
+        df = decay_factor if wd != 0 else p.dtype.type(1)
+        for i in range(n):
+            d = g[i]
+            a = m1[i] * beta1 + one_m_b1 * d
+            m1[i] = a
+            v = m2[i] * beta2 + one_m_b2 * d * d
+            m2[i] = v
+            denom = math.sqrt(v) / bc2_sqrt + eps
+            p[i] = p[i] * df - lr_bc1 * a / denom
+        return
+    if amsgrad:
+        mx = mx[lo:hi]
+    for i in range(n):
         d = -g[i] if maximize else g[i]
         if wd != 0:
             if decoupled:
@@ -104,47 +108,17 @@ def adam_range(
 
 @njit(parallel=True, **OPTS)
 def adam(
-    p,
-    g,
-    m1,
-    m2,
-    mx,
-    lr_bc1,
-    beta1,
-    one_m_b1,
-    beta2,
-    one_m_b2,
-    bc2_sqrt,
-    eps,
-    wd,
-    decay_factor,
-    decoupled,
-    amsgrad,
-    maximize,
-):
+    p, g, m1, m2, mx, lr_bc1, beta1, one_m_b1, beta2, one_m_b2, bc2_sqrt, eps, wd, decay_factor,
+    decoupled, amsgrad, maximize,
+):  # fmt: skip
     n = p.shape[0]
     for c in prange(-(-n // CHUNK)):
+        lo = c * CHUNK
+        hi = min(n, lo + CHUNK)
         adam_range(
-            c * CHUNK,
-            min(n, c * CHUNK + CHUNK),
-            p,
-            g,
-            m1,
-            m2,
-            mx,
-            lr_bc1,
-            beta1,
-            one_m_b1,
-            beta2,
-            one_m_b2,
-            bc2_sqrt,
-            eps,
-            wd,
-            decay_factor,
-            decoupled,
-            amsgrad,
-            maximize,
-        )
+            lo, hi, p, g, m1, m2, mx, lr_bc1, beta1, one_m_b1, beta2, one_m_b2, bc2_sqrt, eps,
+            wd, decay_factor, decoupled, amsgrad, maximize,
+        )  # fmt: skip
 
 
 @njit(**OPTS)
@@ -152,7 +126,20 @@ def rmsprop_range(
     lo, hi, p, g, sq, buf, gavg, lr, alpha, one_m_alpha, eps, wd, momentum, centered, maximize
 ):
     """torch.optim.RMSprop on elements lo..hi."""
-    for i in range(lo, hi):
+    p, g, sq = p[lo:hi], g[lo:hi], sq[lo:hi]
+    n = p.shape[0]
+    if not (maximize or centered) and wd == 0 and momentum == 0:
+        for i in range(n):  # the default configuration, branch-free
+            d = g[i]
+            s = sq[i] * alpha + one_m_alpha * d * d
+            sq[i] = s
+            p[i] -= lr * d / (math.sqrt(s) + eps)
+        return
+    if centered:
+        gavg = gavg[lo:hi]
+    if momentum > 0:
+        buf = buf[lo:hi]
+    for i in range(n):
         d = -g[i] if maximize else g[i]
         if wd != 0:
             d = d + wd * p[i]
@@ -176,20 +163,9 @@ def rmsprop_range(
 def rmsprop(p, g, sq, buf, gavg, lr, alpha, one_m_alpha, eps, wd, momentum, centered, maximize):
     n = p.shape[0]
     for c in prange(-(-n // CHUNK)):
+        lo = c * CHUNK
+        hi = min(n, lo + CHUNK)
         rmsprop_range(
-            c * CHUNK,
-            min(n, c * CHUNK + CHUNK),
-            p,
-            g,
-            sq,
-            buf,
-            gavg,
-            lr,
-            alpha,
-            one_m_alpha,
-            eps,
-            wd,
-            momentum,
-            centered,
+            lo, hi, p, g, sq, buf, gavg, lr, alpha, one_m_alpha, eps, wd, momentum, centered,
             maximize,
-        )
+        )  # fmt: skip
