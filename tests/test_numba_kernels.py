@@ -231,3 +231,32 @@ def test_relu_backward_bias_grad_in_place(nb, ref, in_place):
     nb.activation_backward_bias_grad("relu", dy, y=y, dx_out=dx, db_out=db)
     np.testing.assert_array_equal(dx, want_dx)
     close(db, want_db, "float32")
+
+
+def test_ieee_kernels_keep_their_flags_when_first_reached_from_a_gemm_kernel():
+    """numba compiles a callee with its first caller's fastmath flags unless the callee sets
+    them (numba/numba#7168). The kernels' OPTS spell fastmath=False, so an update first
+    compiled from a GEMM-flagged (FMA-contracting) kernel still rounds a*b and a-b apart."""
+    from deepcore.kernels.numba._config import GEMM_OPTS, OPTS
+    from numba import njit
+
+    def sub_scaled(p, g, lr):
+        for i in range(p.shape[0]):
+            p[i] -= lr * g[i]
+
+    inner = njit(**{**OPTS, "cache": False})(sub_scaled)
+
+    @njit(**{**GEMM_OPTS, "cache": False})
+    def outer(p, g, lr):
+        inner(p, g, lr)
+
+    rng = np.random.default_rng(5)
+    p, g, lr = rand(rng, 999, "float32"), rand(rng, 999, "float32"), np.float32(0.05)
+    want = p - lr * g  # NumPy: a rounded product, then a rounded difference
+    fused = (p.astype(np.float64) - np.float64(lr) * g).astype(np.float32)  # one rounding
+    assert not np.array_equal(want, fused)  # the data can tell the two apart
+    got_outer, got_inner = p.copy(), p.copy()
+    outer(got_outer, g, lr)  # compiles `inner` first, from the contracting caller
+    inner(got_inner, g, lr)
+    np.testing.assert_array_equal(got_outer, want)
+    np.testing.assert_array_equal(got_inner, want)

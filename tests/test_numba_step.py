@@ -227,3 +227,71 @@ def test_compiled_step_matches_layered_route(nb, monkeypatch, sizes, batch):
     np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
     for a, b in zip(out[0][1], out[1][1], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+LAYERED_CASES = [
+    ("sgd", dict(momentum=0.9)),
+    ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("sgd", dict()),
+    ("adam", dict()),
+    ("adam", dict(weight_decay=0.1, decoupled=True, amsgrad=True)),
+]
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("opt,hp", LAYERED_CASES, ids=str)
+def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp):
+    """The layered route's shortcuts (BLAS called directly, small parameters updated in one
+    compiled call, large ones by the parallel kernels) change nothing: three steps give the
+    same bits as the backend's public per-layer methods called one by one."""
+    from deepcore.backends import _numba_updates
+
+    monkeypatch.setattr(nb, "step_path", "layered")
+    monkeypatch.setattr(_numba_updates, "PARALLEL_ELEMENTS", 600)  # W0, W1 go parallel
+    rng = np.random.default_rng(11)
+    sizes, batch = (30, 40, 20, 7), 16
+    ws0 = [(rng.standard_normal((o, i)) / np.sqrt(i)).astype(dt)
+           for i, o in zip(sizes, sizes[1:], strict=False)]  # fmt: skip
+    bs0 = [rng.standard_normal(o).astype(dt) * 0.1 for o in sizes[1:]]
+    acts = ("relu", "tanh", "identity")
+    nst = 1 if opt == "sgd" else 3
+    batches = [
+        (rng.standard_normal((batch, sizes[0])).astype(dt), rng.integers(0, sizes[-1], batch))
+        for _ in range(3)
+    ]
+    runs = []
+    for fused in (True, False):
+        ws, bs = [w.copy() for w in ws0], [b.copy() for b in bs0]
+        gws, gbs = [np.empty_like(w) for w in ws], [np.empty_like(b) for b in bs]
+        state = [[np.zeros(p.size, dt) for p in (*ws, *bs)] for _ in range(nst)]
+        for t, (x, y) in enumerate(batches, start=1):
+            kw = dict(hp, lr=0.05, first_step=t == 1) if opt == "sgd" else dict(hp, lr=0.01)
+            if fused:
+                st = state[:1] if opt == "sgd" and hp else [] if opt == "sgd" else state
+                if opt == "adam" and not hp.get("amsgrad"):
+                    st = state[:2]
+                extra = {} if opt == "sgd" else {"step": t}
+                nb.fused_mlp_step(ws, bs, gws, gbs, acts, x, y, opt, state=st, **kw, **extra)
+                continue
+            a, zs = [x], []
+            for l in range(3):
+                z = nb.gemm(a[-1], ws[l], trans_b=True)
+                zs.append(z.copy())
+                a.append(nb.linear(a[-1], ws[l], bs[l], acts[l]))
+            _, d = nb.softmax_cross_entropy(a[-1], y)
+            for l in range(2, -1, -1):
+                d, gbs[l] = nb.activation_backward_bias_grad(acts[l], d, x=zs[l], y=a[l + 1])
+                gws[l] = nb.gemm(d, a[l], trans_a=True)
+                d = nb.gemm(d, ws[l])
+            for i, (p, g) in enumerate(zip([*ws, *bs], [*gws, *gbs], strict=True)):
+                s = [q[i].reshape(p.shape) for q in state]
+                if opt == "sgd":
+                    nb.sgd_update(p, g, s[0] if hp else None, **kw)
+                else:
+                    nb.adam_update(
+                        p, g, s[0], s[1], step=t, beta1=0.9, beta2=0.999, eps=1e-8,
+                        max_exp_avg_sq=s[2] if hp.get("amsgrad") else None, **kw,
+                    )  # fmt: skip
+        runs.append([*ws, *bs, *gws, *gbs])
+    bad = [i for i, (g, w) in enumerate(zip(*runs, strict=True)) if not np.array_equal(g, w)]
+    assert not bad, bad

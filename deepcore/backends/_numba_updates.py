@@ -7,12 +7,12 @@ kernels do not take (non-contiguous arrays, a foreign dtype).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from ..errors import ShapeError
-from ._numba_step import adam_scalars
 
 #: Float types the kernels take (comparing dtype.type is much cheaper than dtype.name).
 _FLOAT_TYPES = (np.float32, np.float64)
@@ -20,6 +20,21 @@ _FLOAT_TYPES = (np.float32, np.float64)
 #: the mnist step (2 cores, BLAS GEMMs between them): parallel at 64 Ki elements was slower than
 #: serial (6.6 vs 5.9 ms per step), so only arrays of 1 Mi elements and up go parallel.
 PARALLEL_ELEMENTS = 1 << 20
+
+
+def adam_scalars(
+    dtype: Any, step: int, lr: float, beta1: float, beta2: float, eps: float,
+    weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool,
+) -> tuple[Any, ...]:  # fmt: skip
+    """The Adam kernel's scalars, computed on the host in float64 then cast, as base does."""
+    t = np.dtype(dtype).type
+    bc1 = 1.0 - beta1**step
+    bc2_sqrt = math.sqrt(1.0 - beta2**step)
+    return (
+        t(lr / bc1), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(bc2_sqrt), t(eps),
+        t(weight_decay), t(1.0 - lr * weight_decay), bool(decoupled), bool(amsgrad),
+        bool(maximize),
+    )  # fmt: skip
 
 
 class NumbaLossUpdateMixin:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DtypeError
-from ._numba_step import FUSED_STEP_MAX_WORK, NumbaStepMixin, adam_scalars
-from ._numba_updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin
+from ._numba_step import FUSED_STEP_MAX_WORK, NumbaStepMixin
+from ._numba_updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin, adam_scalars
 from .base import ACTIVATIONS, check_activation
 
 __all__ = ["FUSED_STEP_MAX_WORK", "NumbaBackend", "adam_scalars", "probe"]

@@ -62,7 +62,12 @@ if CACHE_DIR is not None:
     numba.config.CACHE_DIR = CACHE_DIR
 
 #: Compile options for elementwise and reduction kernels: IEEE semantics, no fastmath.
-OPTS = {"cache": CACHE, "nogil": True, "error_model": "numpy"}
+#: fastmath=False is spelled out because numba compiles a callee that leaves the option unset
+#: with its first caller's flags and reuses that compilation for every later call
+#: (numba/numba#7168): an update kernel first reached from the GEMM-flagged whole-step kernel
+#: would otherwise contract a*b+c into FMAs everywhere, and results would depend on which
+#: kernel happened to compile first (seen here: last-bit differences between step routes).
+OPTS = {"cache": CACHE, "nogil": True, "error_model": "numpy", "fastmath": False}
 #: GEMM kernels only allow contraction of a*b+c into one FMA. Why: without it each update is a
 #: rounded multiply and a rounded add (half the FMA throughput); FMA rounds once, so results are
 #: as accurate or better and still deterministic (no reassociation, no reordering of sums).

@@ -36,29 +36,10 @@ SGD, ADAM = 0, 1
 
 
 @njit(**OPTS)
-def _sgd_plain(p, g, buf, lr, mom, damp):
-    """sgd_range without nesterov, maximize, weight decay or first step: branch-free, so it
-    vectorizes; the same operations in the same order (IEEE: no contraction, as sgd_range)."""
-    n = p.shape[0]
-    if mom != 0:
-        for j in range(n):
-            b = buf[j] * mom + damp * g[j]
-            buf[j] = b
-            p[j] -= lr * b
-    else:
-        for j in range(n):
-            p[j] -= lr * g[j]
-
-
-@njit(**GEMM_OPTS)
 def _update(p, g, i, s1, s2, s3, opt, hp, flags):
     """One parameter's optimizer update (flattened views)."""
     n = p.shape[0]
-    if opt == SGD and flags[0] == 0 and flags[1] == 0 and flags[2] == 0 and hp[3] == 0:
-        # the common case (momentum, no nesterov/maximize/decay) as a branch-free loop that
-        # vectorizes; the same operations in the same order as sgd_range
-        _sgd_plain(p, g, s1[i], hp[0], hp[1], hp[2])
-    elif opt == SGD:
+    if opt == SGD:
         sgd_range(
             0, n, p, g, s1[i], hp[0], hp[1], hp[2], flags[0] != 0, hp[3], flags[1] != 0,
             flags[2] != 0,
@@ -68,6 +49,16 @@ def _update(p, g, i, s1, s2, s3, opt, hp, flags):
             0, n, p, g, s1[i], s2[i], s3[i], hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], hp[6],
             hp[7], hp[8], flags[0] != 0, flags[1] != 0, flags[2] != 0,
         )  # fmt: skip
+
+
+@njit(**OPTS)
+def update_params(ps, gs, s1, s2, s3, opt, hp, flags, below):
+    """_update on every flat parameter ps[i] with fewer than `below` elements (the layered
+    step's small parameters in one call; larger ones go to the parallel kernels). Same bits as
+    the per-parameter kernels (tested)."""
+    for i in range(len(ps)):
+        if ps[i].shape[0] < below:
+            _update(ps[i], gs[i], i, s1, s2, s3, opt, hp, flags)
 
 
 @njit(**GEMM_OPTS)
