@@ -241,13 +241,14 @@ LAYERED_CASES = [
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("opt,hp", LAYERED_CASES, ids=str)
 def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp):
-    """The layered route's shortcuts (BLAS called directly, small parameters updated in one
-    compiled call, large ones by the parallel kernels) change nothing: three steps give the
-    same bits as the backend's public per-layer methods called one by one."""
+    """The layered route's shortcuts (BLAS called directly, every parameter updated in one
+    serial compiled call) change nothing: three steps give the same bits as the backend's
+    public per-layer methods called one by one (their updates run the parallel kernels for
+    W0 and W1 here)."""
     from deepcore.backends import _numba_updates
 
     monkeypatch.setattr(nb, "step_path", "layered")
-    monkeypatch.setattr(_numba_updates, "PARALLEL_ELEMENTS", 600)  # W0, W1 go parallel
+    monkeypatch.setattr(_numba_updates, "PARALLEL_ELEMENTS", 600)  # public: W0, W1 parallel
     rng = np.random.default_rng(11)
     sizes, batch = (30, 40, 20, 7), 16
     ws0 = [(rng.standard_normal((o, i)) / np.sqrt(i)).astype(dt)

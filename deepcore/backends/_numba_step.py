@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShapeError
-from . import _numba_updates
 from ._numba_updates import adam_scalars
 from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
 
@@ -217,9 +216,12 @@ class NumbaStepMixin(Backend):
         """fused_mlp_step's maths layer by layer (large models).
 
         On a validated plan (C-contiguous NumPy arrays of one dtype) the GEMMs go straight to
-        BLAS and every parameter below the parallel size is updated in one compiled call: the
-        per-call checks of the public methods cost ~0.2 ms of a 3 ms mnist step. Otherwise the
-        public methods run, with their checks. The maths and its order are the same either way.
+        BLAS and all parameters are updated by one serial compiled call: the per-call checks of
+        the public methods cost ~0.2 ms of a 3 ms mnist step, and right after the GEMMs a
+        parallel update is no faster (OpenBLAS's worker keeps spinning on the other core for a
+        while after each call; measured on wide: serial 286 and 314 ms per step, parallel 289-298
+        and 322-326 ms, sgd and adam). Otherwise the public methods run, with their checks. The
+        maths and its order are the same either way (tested bitwise).
         """
         nl = len(weights)
         x = self.asarray(x)
@@ -257,23 +259,20 @@ class NumbaStepMixin(Backend):
                 if l > 0:
                     d = self.gemm(d, weights[l], out=ds[l - 1])
         params = [*weights, *biases]
-        small = 0
-        if direct:  # parameters below the parallel size: one serial compiled call
+        if direct:  # every parameter in one serial compiled call (see the docstring)
             k = self._k.step
             opt = k.SGD if optimizer == "sgd" else k.ADAM
-            small = _numba_updates.PARALLEL_ELEMENTS
             self._run(
                 k.update_params, ("update_params", len(params), dt.char), plan.pflat,
-                plan.gflat, *plan.flat, opt, plan.hp, plan.flags, small,
+                plan.gflat, *plan.flat, opt, plan.hp, plan.flags,
             )  # fmt: skip
+            return loss
         h = hyper
         st = [
             [a.reshape(p.shape) if a.size else a for a, p in zip(s, params, strict=False)]
             for s in plan.state
         ]
         for i, (p, g) in enumerate(zip(params, [*wgrads, *bgrads], strict=True)):
-            if p.size < small:
-                continue
             if optimizer == "sgd":
                 self.sgd_update(
                     p, g, st[0][i] if h["momentum"] else None, lr=h["lr"], momentum=h["momentum"],

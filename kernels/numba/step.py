@@ -52,13 +52,11 @@ def _update(p, g, i, s1, s2, s3, opt, hp, flags):
 
 
 @njit(**OPTS)
-def update_params(ps, gs, s1, s2, s3, opt, hp, flags, below):
-    """_update on every flat parameter ps[i] with fewer than `below` elements (the layered
-    step's small parameters in one call; larger ones go to the parallel kernels). Same bits as
-    the per-parameter kernels (tested)."""
+def update_params(ps, gs, s1, s2, s3, opt, hp, flags):
+    """_update on every flat parameter (the layered step's whole update in one call); the same
+    bits as the per-parameter kernels (tested)."""
     for i in range(len(ps)):
-        if ps[i].shape[0] < below:
-            _update(ps[i], gs[i], i, s1, s2, s3, opt, hp, flags)
+        _update(ps[i], gs[i], i, s1, s2, s3, opt, hp, flags)
 
 
 @njit(**GEMM_OPTS)
