@@ -1,5 +1,6 @@
-"""Whole training steps per workload: PyTorch (same threads), the NumPy backend, and the Numba
-backend layer by layer and fused, interleaved in one run; prints medians and ratios.
+"""Whole training steps per workload: PyTorch (same threads, in its own process), the NumPy
+backend, the Numba backend layer by layer and fused, and the step's BLAS GEMMs alone (the floor
+of any BLAS-based step), interleaved in one run; prints medians and ratios.
 
 Run: python benchmarks/numba_steps.py [--workloads small,mnist,wide] [--optimizer sgd]
          [--threads 2] [--rounds 15] [--alloc]
@@ -74,6 +75,37 @@ class NumbaStep:
         return float(self.step(batch))
 
 
+class GemmFloor:
+    """Only the step's BLAS GEMMs (forward x @ W.T, backward d.T @ a and d @ W), same shapes,
+    preallocated outputs: a lower bound on any training step built on this BLAS."""
+
+    name = "blas-gemms-only"
+
+    def __init__(self, w: Any, state: Any, dtype: str) -> None:
+        idx = _layers(state)
+        self.W = [np.array(state[f"{i}.weight"], dtype=dtype) for i in idx]
+        m = w.batch
+        self.a = [np.zeros((m, W.shape[0]), dtype) for W in self.W]
+        self.g = [np.empty_like(W) for W in self.W]
+
+    def put(self, x: np.ndarray, y: np.ndarray) -> Any:
+        return x
+
+    def step(self, x: Any) -> Any:
+        ins = [x, *self.a[:-1]]
+        for W, a_in, out in zip(self.W, ins, self.a, strict=True):
+            np.matmul(a_in, W.T, out=out)
+        for l in range(len(self.W) - 1, -1, -1):
+            d = self.a[l]
+            np.matmul(d.T, ins[l], out=self.g[l])
+            if l > 0:
+                np.matmul(d, self.W[l], out=self.a[l - 1])
+
+    def loss_step(self, x: Any) -> float:
+        self.step(x)
+        return float("nan")
+
+
 def _time_block(fn: Any, n: int, settle: float = 0.0) -> float:
     """Seconds per call of n calls. With settle: first sleep (the previous contender's thread
     pools stop spinning: OpenBLAS spins ~0.1 s after a call, OpenMP pools a few ms) and run one
@@ -97,11 +129,23 @@ def _cycler(runner: Any, batches: list[Any]) -> Any:
     return step
 
 
-def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: bool) -> None:
-    import torch
+def _remote_block(runner: Any, batches: list[Any]) -> Any:
+    """The block function of a runner in its own process: it clocks its own steps."""
+    state = {"i": 0}
 
+    def block(n: int, settle: float = 0.0) -> float:
+        if settle:
+            time.sleep(settle)
+            runner.step(batches[state["i"] % len(batches)])
+        state["i"] += n
+        return runner.timed_window(state["i"] - n, n) / n
+
+    return block
+
+
+def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: bool) -> None:
     from deepcore.backends import get_backend
-    from deepcore.bench.anchors import TorchRunner
+    from deepcore.bench.remote import RemoteRunner
     from deepcore.bench.runners import DeepcoreRunner
     from deepcore.bench.workloads import DEFAULT_LR, WORKLOADS, initial_state, make_batches
 
@@ -111,10 +155,11 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
     lr = DEFAULT_LR[optimizer]
     nb = get_backend("numba")
     runners = [
-        TorchRunner(w, optimizer, dtype, state, lr),
+        RemoteRunner("torch", w, optimizer, dtype, state, lr, threads),  # own process
         DeepcoreRunner("numpy", w, optimizer, dtype, state, lr),
         NumbaStep(nb, w, optimizer, dtype, state, lr, "layered"),
         NumbaStep(nb, w, optimizer, dtype, state, lr, "auto"),
+        GemmFloor(w, state, dtype),
     ]
     host = make_batches(w, dtype, seed=0)
     # Same maths: the first steps' losses agree (loose: BLAS vs JIT summation order).
@@ -124,23 +169,28 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
         losses.append([r.loss_step(b[i % len(b)]) for i in range(3)])
     ref = np.array(losses[1])
     for r, ls in zip(runners, losses, strict=True):
+        if isinstance(r, GemmFloor):
+            continue
         if not np.allclose(ls, ref, rtol=2e-3, atol=1e-4):
             print(f"  WARNING {r.name} losses {ls} differ from numpy {ref.tolist()}")
-    fns = []
+    fns = []  # block functions: (steps, settle seconds) -> seconds per step
     for r in runners:
         b = [r.put(x, y) for x, y in host]
+        if isinstance(r, RemoteRunner):
+            fns.append(_remote_block(r, b))
+            continue
         fn = _cycler(r, b)
         for _ in range(3):
             fn()
-        fns.append(fn)
+        fns.append(lambda n, settle=0.0, fn=fn: _time_block(fn, n, settle))
     # Block size: ~30 ms of the slowest contender's step.
-    probe = statistics.median(_time_block(f, 5) for f in fns)
+    probe = statistics.median(f(5) for f in fns)
     n = max(1, min(2000, int(0.03 / probe)))
     names = [r.name for r in runners]
     if name == "wide":
         a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
         c = np.empty_like(a)
-        fns.append(lambda: np.matmul(a, a, out=c))
+        fns.append(lambda n, settle=0.0: _time_block(lambda: np.matmul(a, a, out=c), n, settle))
         names.append("sgemm1024")
     times: dict[str, list[float]] = {k: [] for k in names}
     load0 = os.getloadavg()[0]
@@ -149,13 +199,11 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
         if i % 2:
             order.reverse()
         for j in order:
-            times[names[j]].append(
-                _time_block(fns[j], n if names[j] != "sgemm1024" else 5, settle=0.25)
-            )
+            times[names[j]].append(fns[j](n if names[j] != "sgemm1024" else 5, 0.25))
     load1 = os.getloadavg()[0]
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n== {name} {w.shape} batch {w.batch} {optimizer} float32, threads={threads} "
-          f"torch_threads={torch.get_num_threads()}, {rounds} rounds x {n} steps, "
+          f"torch in its own process, {rounds} rounds x {n} steps, "
           f"load {load0:.2f}->{load1:.2f}")  # fmt: skip
     base = med["torch-cpu"]
     for k in names:
@@ -165,6 +213,10 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
         print(f"  {k:15s} median {med[k] * 1e6:10.1f} us   torch/this {base / med[k]:6.2f}x"
               f"   numpy/this {med['numpy'] / med[k]:6.2f}x   (IQR of time ratio to torch "
               f"{np.percentile(q, 25):.2f}-{np.percentile(q, 75):.2f})")  # fmt: skip
+    floor = med["blas-gemms-only"]
+    print(f"  floor: the GEMMs alone take {floor / base * 100:.0f}% of torch's whole step, so a "
+          f"BLAS-based step is at most {base / floor:.2f}x torch (and numba-auto spends "
+          f"{floor / med['numba-auto'] * 100:.0f}% of its step in them)")  # fmt: skip
     if name == "wide":
         rate = 2 * 1024**3 / med["sgemm1024"]
         fl = w.flops_per_step
@@ -173,7 +225,7 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
             + ", ".join(f"{k} {fl / med[k] / rate * 100:.0f}%" for k in names[:-1])
         )
     if alloc:
-        r = runners[3]
+        r = runners[3]  # numba-auto
         b = [r.put(x, y) for x, y in host]
         fn = _cycler(r, b)
         for _ in range(5):
@@ -207,9 +259,6 @@ def main() -> None:
     from deepcore import threads
 
     threads.set_num_threads(args.threads)
-    import torch
-
-    torch.set_num_threads(args.threads)
     from deepcore.backends import get_backend
 
     nb = get_backend("numba")

@@ -207,3 +207,53 @@ def test_import_is_light():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_remote_env_drops_only_what_deepcore_injected(monkeypatch):
+    from deepcore.bench import remote
+
+    fake = types.SimpleNamespace(INJECTED_ENV={"OMP_WAIT_POLICY": "passive"})
+    monkeypatch.setitem(sys.modules, "deepcore.kernels.numba._config", fake)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    monkeypatch.setenv("DEEPCORE_SOMETHING", "kept")
+    env = remote._child_env()
+    assert "OMP_WAIT_POLICY" not in env and env["DEEPCORE_SOMETHING"] == "kept"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # the user's own choice stays
+    assert remote._child_env()["OMP_WAIT_POLICY"] == "active"
+
+
+def test_remote_torch_runner_trains_like_the_in_process_one():
+    """Same losses as TorchRunner in this process, a positive clocked window, a clean close."""
+    pytest.importorskip("torch")
+    from deepcore.bench.anchors import TorchRunner
+    from deepcore.bench.remote import RemoteRunner
+    from deepcore.bench.workloads import WORKLOADS, initial_state, make_batches
+
+    w = WORKLOADS["small"]
+    state = initial_state(w, "float32", 0)
+    host = make_batches(w, "float32", 0)
+    here = TorchRunner(w, "sgd", "float32", state, 0.01)
+    there = RemoteRunner("torch", w, "sgd", "float32", state, 0.01, 1)
+    try:
+        assert there.name == "torch-cpu" and there.device == "cpu"
+        b_here = [here.put(x, y) for x, y in host]
+        b_there = [there.put(x, y) for x, y in host]
+        want = [here.loss_step(b_here[i]) for i in range(3)]
+        got = [there.loss_step(b_there[i]) for i in range(3)]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        assert there.timed_window(3, 4) > 0.0
+        assert there.peak_memory() >= 0
+    finally:
+        there.close()
+    assert there._proc is None
+    with pytest.raises(RuntimeError, match="closed"):
+        there.loss_step(0)
+
+
+def test_remote_worker_reports_errors():
+    from deepcore.bench.remote import RemoteRunner
+    from deepcore.bench.workloads import WORKLOADS, initial_state
+
+    w = WORKLOADS["small"]
+    with pytest.raises(RuntimeError, match="no remote runner for 'jax'"):
+        RemoteRunner("jax", w, "sgd", "float32", initial_state(w, "float32", 0), 0.01, 1)

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import anchors as anc
 from .machine import blas_threads, machine_info, thread_counts
+from .remote import RemoteRunner
 from .runners import DeepcoreRunner, Runner, Skip
 from .timing import (
     CupyPoolMemory,
@@ -68,21 +69,26 @@ def gate_check(losses: list[float], ref: list[float], dtype: str) -> tuple[bool,
     return dev <= GATE_RTOL[dtype], dev
 
 
-def _specs(cfg: BenchConfig, w: Workload, opt: str, dtype: str, state: Any, lr: float) -> list:
-    """Backends first (numpy leads, so its losses are the reference), then the anchors."""
+def _specs(
+    cfg: BenchConfig, w: Workload, opt: str, dtype: str, state: Any, lr: float, threads: int
+) -> list:
+    """Backends first (numpy leads, so its losses are the reference), then the anchors.
+    PyTorch runs in its own process (deepcore.bench.remote: one libgomp per process)."""
     args = (w, opt, dtype, state, lr)
     specs = []
     for name in sorted(cfg.backends, key=lambda n: n != "numpy"):
         mem = CupyPoolMemory if name.startswith("cupy") else HostMemory
         specs.append(Spec(name, "backend", lambda n=name: DeepcoreRunner(n, *args), mem))
     if "torch" in cfg.anchors:
-        specs.append(Spec("torch-cpu", "anchor", lambda: anc.TorchRunner(*args), HostMemory))
+        specs.append(
+            Spec("torch-cpu", "anchor", lambda: RemoteRunner("torch", *args, threads), HostMemory)
+        )
         if anc.torch_cuda_available():
             specs.append(
                 Spec(
                     "torch-cuda",
                     "anchor",
-                    lambda: anc.TorchRunner(*args, device="cuda"),
+                    lambda: RemoteRunner("torch", *args, threads, device="cuda"),
                     TorchCudaMemory,
                 )
             )
@@ -119,6 +125,8 @@ def _prepare_spec(spec: Spec, w: Workload, batches: list, gate_steps: int) -> tu
     probe = spec.memory()
     runner = spec.make()
     m = prepare(runner, batches, gate_steps)
+    remote = isinstance(runner, RemoteRunner)
+    peak = runner.peak_memory() if remote else probe.peak()
     row = {
         "device": runner.device,
         "gated": runner.gated,
@@ -126,8 +134,8 @@ def _prepare_spec(spec: Spec, w: Workload, batches: list, gate_steps: int) -> tu
         "losses": m.losses,
         "warmup_s": m.warmup_s,
         "compile_s": m.compile_s,
-        "peak_mem_mb": probe.peak() / 2**20,
-        "mem_method": probe.method,
+        "peak_mem_mb": peak / 2**20,
+        "mem_method": probe.method + (" of its own process" if remote else ""),
         "info": runner.info(),
     }
     return m, row
@@ -247,7 +255,7 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
             if "numpy" not in cfg.backends:
                 ref = _reference(cfg, w, dtype, opt, state, lr, batches, gate_steps)
             timed: list[tuple[dict, Any]] = []
-            for spec in _specs(cfg, w, opt, dtype, state, lr):
+            for spec in _specs(cfg, w, opt, dtype, state, lr, threads):
                 row = _row_base(spec, w, opt, dtype)
                 try:
                     m, info = _prepare_spec(spec, w, batches, gate_steps)
@@ -285,6 +293,9 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                     f"  {row['runner']:<11} {row['samples_per_s']:>12,.0f} samples/s  "
                     f"warm-up {row['warmup_s']:.2f}s  gate dev {row['gate_dev']:.1e}{flag}"
                 )
+            for _, m in timed:
+                if isinstance(m.runner, RemoteRunner):
+                    m.runner.close()
             del timed
         gemm_samples.append(_gemm_rates(cfg))
         # The machine's rate is the best of all samples: under load, the least disturbed one.

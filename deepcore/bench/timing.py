@@ -154,16 +154,33 @@ def plan(m: Measurement, budget_s: float, windows: int, min_windows: int = 3) ->
     m.n_windows = max(min_windows, min(windows, math.ceil(budget_s / (m.steps_per_window * est))))
 
 
-def window(m: Measurement) -> None:
-    """One timed window: synchronize, clock, steps, synchronize, clock."""
+#: Pause before each window. Thread pools keep spinning after their work is done (OpenBLAS's
+#: workers ~0.1 s, 2^28 cycles), and a spinning pool of the previous runner would steal cores
+#: from this one; after the pause one untimed step wakes this runner's own pools.
+SETTLE_S = 0.2
+
+
+def window(m: Measurement, settle_s: float = SETTLE_S) -> None:
+    """One timed window: settle, synchronize, clock, steps, synchronize, clock."""
     runner, batches = m.runner, m.batches
-    runner.synchronize()
-    t = time.perf_counter()
-    for _ in range(m.steps_per_window):
-        runner.step(batches[m.steps_done % len(batches)])
-        m.steps_done += 1
-    runner.synchronize()
-    dt = time.perf_counter() - t
+    if settle_s > 0:
+        time.sleep(settle_s)
+        if m.est_step_s < settle_s:  # slow steps wake their pools within the window anyway
+            runner.step(batches[m.steps_done % len(batches)])
+            m.steps_done += 1
+            runner.synchronize()
+    remote = getattr(runner, "timed_window", None)
+    if remote is not None:  # clocked in the runner's own process
+        dt = remote(m.steps_done, m.steps_per_window)
+        m.steps_done += m.steps_per_window
+    else:
+        runner.synchronize()
+        t = time.perf_counter()
+        for _ in range(m.steps_per_window):
+            runner.step(batches[m.steps_done % len(batches)])
+            m.steps_done += 1
+        runner.synchronize()
+        dt = time.perf_counter() - t
     m.window_rates.append(m.steps_per_window * m.batch / dt)
 
 

@@ -53,8 +53,12 @@ if not CACHE:
 #: then fight OpenBLAS's threads for the cores (measured: mnist layer-by-layer step 44 ms with
 #: spinning vs 6.4 ms passive, same process shape). Passive unless the user chose a policy.
 #: Read by the OpenMP runtime when it loads (numba's omp pool loads at the first parallel run).
+#: The variables set here, so tools can tell them from the user's (deepcore.bench.remote starts
+#: its anchors without them). Process-wide: an OpenMP runtime loaded later in this process
+#: (PyTorch's shares the same libgomp) waits passively too; see the README.
+INJECTED_ENV: dict[str, str] = {}
 if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "passive"
+    os.environ["OMP_WAIT_POLICY"] = INJECTED_ENV["OMP_WAIT_POLICY"] = "passive"
 
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR is set)
 
