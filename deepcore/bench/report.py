@@ -84,6 +84,7 @@ def plain_table(headers: list[str], cells: list[list[str]]) -> str:
 def footnotes(result: dict[str, Any]) -> list[str]:
     rows = result["rows"]
     methods = sorted({r["mem_method"] for r in rows if r.get("mem_method")})
+    own = any(r.get("own_process") for r in rows)
     gemm = ", ".join(f"{k} {v:.1f}" for k, v in result["gemm_gflops"].items())
     samples = result.get("gemm_gflops_samples", [])
     lo = min((min(g.values()) for g in samples), default=0.0)
@@ -94,7 +95,8 @@ def footnotes(result: dict[str, Any]) -> list[str]:
         f"% gemm: share of np.matmul's rate at {result['gemm_size']}^3 in this run: {gemm} "
         f"GFLOP/s, the best of {len(samples)} samples (lowest {lo:.1f}), one per row.",
         f"peak MB: {', '.join(methods) or 'n/a'}, over the row (model, optimizer state, "
-        "activations and library workspaces).",
+        "activations and library workspaces)"
+        + ("; torch rows run in their own process and report its peak." if own else "."),
         "x anchor: this row's samples/s over the anchor's (same workload, optimizer, dtype). "
         "FAILED rows disagree with the numpy backend's losses and are not ranked.",
     ]

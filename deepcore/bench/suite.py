@@ -135,7 +135,8 @@ def _prepare_spec(spec: Spec, w: Workload, batches: list, gate_steps: int) -> tu
         "warmup_s": m.warmup_s,
         "compile_s": m.compile_s,
         "peak_mem_mb": peak / 2**20,
-        "mem_method": probe.method + (" of its own process" if remote else ""),
+        "mem_method": probe.method,
+        "own_process": remote,
         "info": runner.info(),
     }
     return m, row
