@@ -257,3 +257,20 @@ def test_remote_worker_reports_errors():
     w = WORKLOADS["small"]
     with pytest.raises(RuntimeError, match="no remote runner for 'jax'"):
         RemoteRunner("jax", w, "sgd", "float32", initial_state(w, "float32", 0), 0.01, 1)
+
+
+def test_bench_never_imports_torch_in_its_own_process():
+    """PyTorch shares libgomp with Numba: importing it in the benchmark's process would fix the
+    OpenMP wait policy before deepcore's Numba backend chose it (and vice versa)."""
+    pytest.importorskip("torch")
+    code = (
+        "import sys, argparse\n"
+        "from deepcore import bench\n"
+        "from deepcore.bench.suite import run_suite\n"
+        "p = argparse.ArgumentParser(); bench.add_arguments(p)\n"
+        f"args = p.parse_args({[*FAST, '--backend', 'numpy', '--optimizer', 'sgd']!r})\n"
+        "rows = run_suite(bench.config_from_args(args), log=lambda s: None)['rows']\n"
+        "assert any(r['runner'] == 'torch-cpu' and r['status'] == 'ok' for r in rows), rows\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

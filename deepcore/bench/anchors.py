@@ -12,7 +12,10 @@ Each anchor raises `Skip` when its library is missing, and the suite prints the 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import subprocess
+import sys
 import warnings
 from typing import Any
 
@@ -33,10 +36,18 @@ def anchor_available(name: str) -> tuple[bool, str]:
     return True, ""
 
 
+@functools.lru_cache(maxsize=1)
 def torch_cuda_available() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
+    """Asked in a child process: importing torch here would initialise the libgomp it shares
+    with Numba before deepcore's Numba backend chooses its wait policy (deepcore.bench.remote)."""
+    code = "import torch; print(int(torch.cuda.is_available()))"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and out.stdout.strip() == "1"
 
 
 def _layer_count(w: Workload) -> int:

@@ -8,11 +8,13 @@ environment the user started with, minus what deepcore injected; the parent stil
 turns with the other runners (the child clocks each window itself, so the pipe adds nothing).
 
 Protocol: pickled `(command, args)` tuples on the child's stdin, pickled `("ok", value)` or
-`("error", message)` replies on its stdout (the child's own prints go to stderr).
+`("error", message)` replies on its stdout (the child's own prints go to stderr). Replies hold
+plain Python values only, so the parent never imports the anchor's library (tested).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -140,7 +142,8 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
                 except Skip as exc:
                     reply: tuple[str, Any] = ("skip", str(exc))
                 else:
-                    attrs = (runner.name, runner.device, runner.gated, runner.gate_note)
+                    attrs = (str(runner.name), str(runner.device), bool(runner.gated),
+                             str(runner.gate_note))  # fmt: skip
                     reply = ("ok", attrs)
             elif command == "put":
                 batches.append(runner.put(*args))
@@ -158,13 +161,13 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
                 runner.synchronize()
                 reply = ("ok", None)
             elif command == "loss_step":
-                reply = ("ok", runner.loss_step(batches[args[0]]))
+                reply = ("ok", float(runner.loss_step(batches[args[0]])))
             elif command == "warmup":
-                reply = ("ok", runner.warmup())
+                reply = ("ok", float(runner.warmup()))
             elif command == "peak":
                 reply = ("ok", probe.peak() if probe is not None else 0)
-            elif command == "info":
-                reply = ("ok", runner.info())
+            elif command == "info":  # plain types only: unpickling torch's would import torch
+                reply = ("ok", json.loads(json.dumps(runner.info(), default=str)))
             else:
                 reply = ("error", f"unknown command {command!r}")
         except Exception as exc:  # reported to the parent, which marks the row as an error

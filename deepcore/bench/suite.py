@@ -184,11 +184,7 @@ def _threads(cfg: BenchConfig, stack: contextlib.ExitStack, log: Log) -> int:
             set_num_threads(n)
         except (ImportError, AttributeError):
             pass
-    if "torch" in cfg.anchors:
-        import torch
-
-        torch.set_num_threads(n)
-    return n
+    return n  # torch gets n in its own process (deepcore.bench.remote)
 
 
 def _gemm_rates(cfg: BenchConfig) -> dict[str, float]:
@@ -304,6 +300,8 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
         _relate(rows, gemm)
         machine = machine_info()
         machine["threads"] = thread_counts()
+        if "torch" in cfg.anchors:
+            machine["threads"]["torch"] = threads  # set in its own process
         machine["loadavg_start"] = load_start
     return {
         "rows": rows,
