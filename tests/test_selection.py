@@ -153,7 +153,9 @@ def test_auto_resolves_to_an_available_backend(monkeypatch):
         assert inner is be
 
 
-@pytest.mark.parametrize("bad", ["tensorflow", "numpy:1", "cupy:x", "numba:0", "", "cupy:-1"])
+@pytest.mark.parametrize(
+    "bad", ["tensorflow", "numpy:1", "cupy:x", "numba:0", "", "cupy:-1", "cupy:", "numpy:"]
+)
 def test_bad_names_list_the_valid_ones(bad):
     with pytest.raises(ValueError) as info:
         dc.get_backend(bad)

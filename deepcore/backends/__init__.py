@@ -62,16 +62,21 @@ class Availability:
 def _split(spec: str) -> tuple[str, int | None]:
     """'cupy:1' -> ('cupy', 1); 'numpy' -> ('numpy', None)."""
     spec = spec.strip().lower()
-    base, _, dev = spec.partition(":")
+    base, colon, dev = spec.partition(":")
     if base not in _MODULES and base != "auto":
         raise ValueError(
             f"unknown backend {spec!r}; expected one of {', '.join(BACKEND_NAMES)}, "
             f"'cupy:N' or 'auto'"
         )
-    if dev:
+    if colon:
         if base != "cupy" or not dev.isdigit():
+            why = (
+                "only cupy takes a device index, as 'cupy:N'"
+                if base != "cupy"
+                else "the device index must be a non-negative integer, as 'cupy:0'"
+            )
             raise ValueError(
-                f"bad backend {spec!r}: only cupy takes a device index, as 'cupy:N'; "
+                f"bad backend {spec!r}: {why}; "
                 f"expected one of {', '.join(BACKEND_NAMES)}, 'cupy:N' or 'auto'"
             )
         return base, int(dev)
