@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import math
 import os
 from typing import Any
@@ -26,71 +25,16 @@ import numpy as np
 from ..errors import CudaOutOfMemoryError, DtypeError
 from ..kernels.cuda import geometry, source
 from ..kernels.cuda.spec import KERNELS, kernels_in, marshal
+from ._cupy_probe import INSTALL_HINT as INSTALL_HINT  # re-exported
+from ._cupy_probe import _text, _version
+from ._cupy_probe import probe as probe  # the registry calls deepcore.backends.cupy.probe
 from ._cupy_steps import CupyStepsMixin
 from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, array_backend_name, check_activation
 
-INSTALL_HINT = "pip install 'deepcore[cuda12]' or 'deepcore[cuda13]'"
 #: NVRTC options for every module (CuPy adds the architecture of the device itself).
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
 _CUBLAS_DEFAULT_MATH = 0
 _CUBLAS_TF32_TENSOR_OP_MATH = 3
-
-
-def _version(v: int) -> str:
-    """12040 -> '12.4' (CUDA's encoding of versions)."""
-    return f"{v // 1000}.{(v % 1000) // 10}"
-
-
-def _text(v: Any) -> str:
-    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-
-
-def probe(device: int | None = None) -> tuple[bool, str]:
-    """(True, '<name>, compute capability X.Y, CUDA a.b') when device N really works, else
-    (False, why). Never raises."""
-    try:
-        return _probe(0 if device is None else int(device))
-    except Exception as exc:  # a broken driver or install must not break the caller
-        return False, f"cupy probe failed: {type(exc).__name__}: {exc}"
-
-
-def _probe(index: int) -> tuple[bool, str]:
-    if importlib.util.find_spec("cupy") is None:
-        return False, f"cupy is not installed ({INSTALL_HINT})"
-    try:
-        cupy = importlib.import_module("cupy")
-    except Exception as exc:
-        return False, f"cupy failed to import: {type(exc).__name__}: {exc}"
-    runtime = cupy.cuda.runtime
-    try:
-        count = runtime.getDeviceCount()
-    except runtime.CUDARuntimeError as exc:
-        return False, f"no CUDA device visible ({exc})"
-    if count == 0:
-        return False, "no CUDA device visible (check the driver and CUDA_VISIBLE_DEVICES)"
-    if not 0 <= index < count:
-        return False, f"CUDA device {index} does not exist ({count} visible: 0..{count - 1})"
-    driver, rt = runtime.driverGetVersion(), runtime.runtimeGetVersion()
-    note = ""
-    if driver // 1000 < rt // 1000:
-        return False, (
-            f"the NVIDIA driver supports CUDA {_version(driver)}, older than the CUDA runtime "
-            f"{_version(rt)} cupy was built for: update the driver or install the cupy wheel "
-            f"for CUDA {driver // 1000} (deepcore[cuda{driver // 1000}])"
-        )
-    if driver < rt:
-        note = f" (driver CUDA {_version(driver)}: minor-version compatibility)"
-    props = runtime.getDeviceProperties(index)
-    try:  # a tiny real launch: "visible" is not "works" (e.g. a busy or broken device)
-        with cupy.cuda.Device(index):
-            (cupy.arange(4, dtype="float32") * 2).sum()
-            cupy.cuda.Device(index).synchronize()
-    except Exception as exc:
-        return False, f"CUDA device {index} failed a smoke test: {type(exc).__name__}: {exc}"
-    return True, (
-        f"{_text(props['name'])}, compute capability {props['major']}.{props['minor']}, "
-        f"CUDA {_version(rt)}{note}"
-    )
 
 
 def _on_device(fn: Any) -> Any:
