@@ -19,10 +19,10 @@ import os
 import pickle
 import subprocess
 import sys
-import time
 from typing import Any, BinaryIO
 
 from .runners import Runner, Skip
+from .timing import HostMemory, TorchCudaMemory, clock_steps
 from .workloads import Workload
 
 
@@ -137,8 +137,7 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
             if command == "init":
                 kind, rargs, kwargs, threads = args
                 try:
-                    runner = _make(kind, rargs, kwargs, threads, probe_box := [])
-                    probe = probe_box[0]
+                    runner, probe = _make(kind, rargs, kwargs, threads)
                 except Skip as exc:
                     reply: tuple[str, Any] = ("skip", str(exc))
                 else:
@@ -149,13 +148,7 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
                 batches.append(runner.put(*args))
                 reply = ("ok", len(batches) - 1)
             elif command == "window":
-                first, steps = args
-                runner.synchronize()
-                t = time.perf_counter()
-                for i in range(steps):
-                    runner.step(batches[(first + i) % len(batches)])
-                runner.synchronize()
-                reply = ("ok", time.perf_counter() - t)
+                reply = ("ok", clock_steps(runner, batches, *args))
             elif command == "step":
                 runner.step(batches[args[0]])
                 runner.synchronize()
@@ -177,14 +170,12 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
 
 
 def _make(
-    kind: str, rargs: tuple[Any, ...], kwargs: dict[str, Any], threads: int, probe_box: list[Any]
-) -> Runner:
+    kind: str, rargs: tuple[Any, ...], kwargs: dict[str, Any], threads: int
+) -> tuple[Runner, Any]:
     """Import the library, start the memory probe (the import is not the row's memory, as for
-    the in-process rows), then build the runner."""
+    the in-process rows), then build the runner; returns (runner, probe)."""
     if kind != "torch":
         raise ValueError(f"no remote runner for {kind!r}")
-    from .timing import HostMemory, TorchCudaMemory
-
     try:
         import torch
     except ImportError as exc:
@@ -192,8 +183,8 @@ def _make(
     torch.set_num_threads(threads)
     from .anchors import TorchRunner
 
-    probe_box.append(TorchCudaMemory() if kwargs.get("device") == "cuda" else HostMemory())
-    return TorchRunner(*rargs, **kwargs)
+    probe = TorchCudaMemory() if kwargs.get("device") == "cuda" else HostMemory()
+    return TorchRunner(*rargs, **kwargs), probe
 
 
 def main() -> None:

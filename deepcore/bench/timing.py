@@ -9,6 +9,7 @@ getrusage when that is unavailable. GPU rows use the CuPy pool's bytes or torch'
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -160,6 +161,16 @@ def plan(m: Measurement, budget_s: float, windows: int, min_windows: int = 3) ->
 SETTLE_S = 0.2
 
 
+def clock_steps(runner: Runner, batches: list[Any], first: int, steps: int) -> float:
+    """Seconds for `steps` synchronized steps over `batches` from index `first` (cycling)."""
+    runner.synchronize()
+    t = time.perf_counter()
+    for i in range(steps):
+        runner.step(batches[(first + i) % len(batches)])
+    runner.synchronize()
+    return time.perf_counter() - t
+
+
 def window(m: Measurement, settle_s: float = SETTLE_S) -> None:
     """One timed window: settle, synchronize, clock, steps, synchronize, clock."""
     runner, batches = m.runner, m.batches
@@ -169,18 +180,10 @@ def window(m: Measurement, settle_s: float = SETTLE_S) -> None:
             runner.step(batches[m.steps_done % len(batches)])
             m.steps_done += 1
             runner.synchronize()
-    remote = getattr(runner, "timed_window", None)
-    if remote is not None:  # clocked in the runner's own process
-        dt = remote(m.steps_done, m.steps_per_window)
-        m.steps_done += m.steps_per_window
-    else:
-        runner.synchronize()
-        t = time.perf_counter()
-        for _ in range(m.steps_per_window):
-            runner.step(batches[m.steps_done % len(batches)])
-            m.steps_done += 1
-        runner.synchronize()
-        dt = time.perf_counter() - t
+    remote = getattr(runner, "timed_window", None)  # clocked in the runner's own process
+    clock = remote if remote is not None else functools.partial(clock_steps, runner, batches)
+    dt = clock(m.steps_done, m.steps_per_window)
+    m.steps_done += m.steps_per_window
     m.window_rates.append(m.steps_per_window * m.batch / dt)
 
 
