@@ -57,5 +57,8 @@ def threading_info() -> dict[str, Any]:
         info["blas_threads"] = "unknown (install threadpoolctl)"
         return info
     pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
-    info["blas_threads"] = pools[0].get("num_threads") if pools else None
+    if len(pools) > 1:  # e.g. NumPy's OpenBLAS and the Numba backend's MKL
+        info["blas_threads"] = ", ".join(f"{p['internal_api']} {p['num_threads']}" for p in pools)
+    else:
+        info["blas_threads"] = pools[0].get("num_threads") if pools else None
     return info

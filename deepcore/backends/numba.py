@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DtypeError
+from . import _mkl
 from ._numba_step import FUSED_STEP_MAX_WORK, NumbaStepMixin
 from ._numba_updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin, adam_scalars
 from .base import ACTIVATIONS, check_activation
@@ -58,6 +59,9 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
     xp = np
     #: "auto" (by size), "jit" or "blas"; the DEEPCORE_NUMBA_GEMM environment variable sets it.
     gemm_impl: str = os.environ.get("DEEPCORE_NUMBA_GEMM", "auto")
+    #: The BLAS behind gemm_impl "blas": "auto" (MKL when the optional `mkl` package loads, else
+    #: NumPy's), "mkl" or "numpy"; the DEEPCORE_NUMBA_BLAS environment variable sets it.
+    blas: str = os.environ.get("DEEPCORE_NUMBA_BLAS", "auto")
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,6 +98,20 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
         )
 
     # ------------------------------------------------------------------ dense
+    def _mkl(self) -> Any:
+        """The MKL wrapper when `blas` selects it, else None (NumPy's matmul)."""
+        choice = self.blas
+        if choice == "numpy":
+            return None
+        if choice not in ("auto", "mkl"):
+            raise ValueError(f"NumbaBackend.blas must be auto, mkl or numpy, not {choice!r}")
+        mkl = _mkl.load()
+        if isinstance(mkl, str):
+            if choice == "mkl":
+                raise RuntimeError(f"NumbaBackend.blas is 'mkl' but {mkl}")
+            return None
+        return mkl
+
     def _use_jit(self, work: int) -> bool:
         impl = self.gemm_impl
         if impl not in ("auto", "jit", "blas"):
@@ -116,6 +134,12 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
         n = b.shape[0] if trans_b else b.shape[1]
         ok = a.ndim == 2 and b.ndim == 2 and k == (b.shape[1] if trans_b else b.shape[0])
         if not ok or a.dtype != b.dtype or k == 0 or not self._use_jit(m * n * k):
+            mkl = self._mkl() if ok and a.dtype == b.dtype else None
+            if mkl is not None:
+                m, n, out = self._gemm_args(a, b, trans_a, trans_b, beta, out)
+                a2, b2 = (a.T if trans_a else a), (b.T if trans_b else b)
+                if mkl.gemm(a2, b2, out, alpha, beta):
+                    return out
             return super().gemm(a, b, trans_a, trans_b, alpha, beta, out)
         if a.dtype.type not in _FLOAT_TYPES:
             raise DtypeError(f"gemm: deepcore computes in float32 or float64, not {a.dtype}")
@@ -294,8 +318,21 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
             "numba": importlib.import_module("numba").__version__,
             "numba_cache": cfg.CACHE_DIR or ("in-tree __pycache__" if cfg.CACHE else "off"),
             "gemm_impl": self.gemm_impl,
+            "blas": self._blas_info(),
             **threads.threading_info(),
         }
+
+    def _blas_info(self) -> str:
+        """Which BLAS the GEMMs use, for `deepcore info` and benchmark records."""
+        try:
+            mkl = self._mkl()
+        except (ValueError, RuntimeError) as exc:
+            return f"error: {exc}"
+        if mkl is not None:
+            cnr = "reproducible" if mkl.cbwr_branch >= 2 else "not reproducible (CBWR off)"
+            return f"{mkl.version}, GNU OpenMP threads, {cnr}"
+        why = "" if self.blas == "numpy" else f" ({_mkl.load()})"
+        return f"numpy's BLAS{why}"
 
 
 BACKEND_CLASS = NumbaBackend
