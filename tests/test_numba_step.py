@@ -14,6 +14,15 @@ from deepcore.backends.numpy import NumpyBackend  # noqa: E402
 DTYPES = ("float32", "float64")
 
 
+def _blas_choices() -> list[str]:
+    from deepcore.backends import _mkl
+
+    return ["numpy"] + ([] if isinstance(_mkl.load(), str) else ["mkl"])
+
+
+BLAS = _blas_choices()  # the Numba backend's BLAS: NumPy's, and MKL where installed
+
+
 @pytest.fixture(scope="module")
 def nb():
     return get_backend("numba")
@@ -168,7 +177,10 @@ def test_fused_mlp_step_matches_layer_maths(nb, dt, opt, big, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=tol * 10, atol=tol * 10)
 
 
-def test_fused_step_bitwise_reproducible(nb):
+@pytest.mark.parametrize("blas", BLAS)
+def test_fused_step_bitwise_reproducible(nb, monkeypatch, blas):
+    monkeypatch.setattr(nb, "blas", blas)
+    monkeypatch.setattr(nb, "step_path", "layered")
     rng = np.random.default_rng(1)
     ws0 = [rng.standard_normal(s).astype("float32") for s in ((16, 8), (4, 16))]
     bs0 = [np.zeros(16, "float32"), np.zeros(4, "float32")]
@@ -238,9 +250,10 @@ LAYERED_CASES = [
 ]
 
 
+@pytest.mark.parametrize("blas", BLAS)
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("opt,hp", LAYERED_CASES, ids=str)
-def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp):
+def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp, blas):
     """The layered route's shortcuts (BLAS called directly, every parameter updated in one
     serial compiled call) change nothing: three steps give the same bits as the backend's
     public per-layer methods called one by one (their updates run the parallel kernels for
@@ -248,6 +261,8 @@ def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp
     from deepcore.backends import _numba_updates
 
     monkeypatch.setattr(nb, "step_path", "layered")
+    monkeypatch.setattr(nb, "blas", blas)
+    monkeypatch.setattr(nb, "parallel_step_update", 0)  # on MKL: the parallel update
     monkeypatch.setattr(_numba_updates, "PARALLEL_ELEMENTS", 600)  # public: W0, W1 parallel
     rng = np.random.default_rng(11)
     sizes, batch = (30, 40, 20, 7), 16
@@ -296,3 +311,31 @@ def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp
         runs.append([*ws, *bs, *gws, *gbs])
     bad = [i for i, (g, w) in enumerate(zip(*runs, strict=True)) if not np.array_equal(g, w)]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_parallel_update_params_equals_serial_bitwise(nb, opt):
+    """The one-prange update over all parameters (chunks crossing parameter boundaries, a
+    parameter of exactly one chunk, one of a single element) gives the serial call's bits."""
+    from deepcore.kernels.numba import step
+    from deepcore.kernels.numba.optimizers import CHUNK
+
+    sizes = (2 * CHUNK + 7, 1, CHUNK, 3 * CHUNK - 1, 100)
+    hp = np.array([0.05, 0.9, 1.0, 0.01, 0.0, 0.0, 0.0, 0.0, 0.0], np.float32)
+    flags = np.zeros(3, np.int64)
+    if opt == "adam":
+        hp[:] = [1e-3 / 0.1, 0.9, 0.1, 0.999, 0.001, np.sqrt(0.001), 1e-8, 0.0, 1.0]
+    out = []
+    for fn in (step.update_params, step.update_params_parallel):
+        r = np.random.default_rng(5)
+        ps = tuple(r.standard_normal(n).astype("float32") for n in sizes)
+        gs = tuple(r.standard_normal(n).astype("float32") for n in sizes)
+        s1 = tuple(np.abs(r.standard_normal(n)).astype("float32") for n in sizes)
+        s2 = tuple(np.abs(r.standard_normal(n)).astype("float32") for n in sizes)
+        s3 = tuple(np.zeros(1, "float32") for _ in sizes)
+        before = [p.copy() for p in ps]
+        fn(ps, gs, s1, s2, s3, step.SGD if opt == "sgd" else step.ADAM, hp, flags)
+        assert all((p != q).any() for p, q in zip(ps, before, strict=True))  # all updated
+        out.append((*ps, *s1, *s2))
+    for a, b in zip(*out, strict=True):
+        assert np.array_equal(a, b)

@@ -28,11 +28,15 @@ FUSED_STEP_MAX_WORK = 4_000_000
 _PLANS_MAX = 64
 
 
+def _np_matmul(a: Any, b: Any, out: Any) -> Any:
+    return np.matmul(a, b, out=out)
+
+
 class _Plan:
     """Validated arrays of one model + optimizer state, and their preallocated workspace."""
 
     __slots__ = ("arrays", "dt", "nl", "ok", "work", "params", "state", "flat", "codes", "hp",
-                 "flags", "ws", "pflat", "gflat")  # fmt: skip
+                 "flags", "ws", "pflat", "gflat", "size")  # fmt: skip
 
 
 class NumbaStepMixin(Backend):
@@ -41,8 +45,12 @@ class NumbaStepMixin(Backend):
     _k: Any
     _run: Any
     _dummy: Any
+    _mkl: Any
     #: fused_mlp_step's route: "auto" (by size), "compiled" (one call) or "layered".
     step_path: str = "auto"
+    #: Parameters (elements, all layers) from which the layered step's update runs in parallel
+    #: when the GEMMs run on MKL (whose threads are the kernels' threads; see _layered_step).
+    parallel_step_update: int = 1 << 16
 
     def fused_mlp_step(
         self,
@@ -178,6 +186,7 @@ class NumbaStepMixin(Backend):
         p.state = st
         p.ok = ok
         p.work = sum(w.size for w in weights)
+        p.size = p.work + sum(b.size for b in biases)
         if ok:
             p.params = (tuple(weights), tuple(biases), tuple(wgrads), tuple(bgrads))
             p.flat = tuple(tuple(a.reshape(-1) for a in s) for s in st)
@@ -216,12 +225,14 @@ class NumbaStepMixin(Backend):
         """fused_mlp_step's maths layer by layer (large models).
 
         On a validated plan (C-contiguous NumPy arrays of one dtype) the GEMMs go straight to
-        BLAS and all parameters are updated by one serial compiled call: the per-call checks of
-        the public methods cost ~0.2 ms of a 3 ms mnist step, and right after the GEMMs a
-        parallel update is no faster (OpenBLAS's worker keeps spinning on the other core for a
-        while after each call; measured on wide: serial 286 and 314 ms per step, parallel 289-298
-        and 322-326 ms, sgd and adam). Otherwise the public methods run, with their checks. The
-        maths and its order are the same either way (tested bitwise).
+        BLAS (MKL or NumPy's, see NumbaBackend.blas) and all parameters are updated by one
+        compiled call: the per-call checks of the public methods cost ~0.2 ms of a 3 ms mnist
+        step. On OpenBLAS that update is serial: its worker keeps spinning on the other core
+        for a while after each GEMM, so a parallel update was no faster (wide: serial 286 and
+        314 ms per step, parallel 289-326 ms). On MKL the GEMMs run on the same libgomp threads
+        as the kernels, and the update runs in parallel (mnist 2.52 -> 2.33 ms, wide 267 ->
+        258 ms, A/B in one run). Otherwise the public methods run, with their checks. The maths
+        and its order are the same either way (tested bitwise).
         """
         nl = len(weights)
         x = self.asarray(x)
@@ -234,10 +245,12 @@ class NumbaStepMixin(Backend):
             and x.shape[1] == weights[0].shape[1]
             and not self._use_jit(x.shape[0] * min(w.size for w in weights))
         )  # fmt: skip
+        mkl = self._mkl() if direct else None
+        mm = mkl.matmul if mkl is not None else _np_matmul
         inputs = [x]
         for l in range(nl):
             if direct:
-                np.matmul(inputs[-1], weights[l].T, out=zs[l])
+                mm(inputs[-1], weights[l].T, zs[l])
                 self._bias_act(zs[l], biases[l], acts[l], alpha, outs[l], zs[l])
             else:
                 self.linear(inputs[-1], weights[l], biases[l], acts[l], alpha, out=outs[l],
@@ -251,9 +264,9 @@ class NumbaStepMixin(Backend):
                 acts[l], d, x=zs[l], y=outs[l], alpha=alpha, dx_out=d, db_out=bgrads[l]
             )
             if direct:
-                np.matmul(d.T, inputs[l], out=wgrads[l])
+                mm(d.T, inputs[l], wgrads[l])
                 if l > 0:
-                    d = np.matmul(d, weights[l], out=ds[l - 1])
+                    d = mm(d, weights[l], ds[l - 1])
             else:
                 self.gemm(d, inputs[l], trans_a=True, out=wgrads[l])
                 if l > 0:
@@ -262,8 +275,10 @@ class NumbaStepMixin(Backend):
         if direct:  # every parameter in one serial compiled call (see the docstring)
             k = self._k.step
             opt = k.SGD if optimizer == "sgd" else k.ADAM
+            par = mkl is not None and plan.size >= self.parallel_step_update
+            fn = k.update_params_parallel if par else k.update_params
             self._run(
-                k.update_params, ("update_params", len(params), dt.char), plan.pflat,
+                fn, ("update_params", par, len(params), dt.char), plan.pflat,
                 plan.gflat, *plan.flat, opt, plan.hp, plan.flags,
             )  # fmt: skip
             return loss

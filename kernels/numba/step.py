@@ -21,13 +21,13 @@ Optimizer state: per-parameter 1-D arrays, weights 0..L-1 then biases L..2L-1.
 
 from __future__ import annotations
 
-from numba import njit
+from numba import njit, prange
 
 from ._config import GEMM_OPTS, OPTS
 from ._micro_small import SMR, SNR, block_nn, block_tn
 from .elementwise import IDENTITY, RELU, act, act_grad
 from .losses import softmax_cross_entropy
-from .optimizers import adam_range, sgd_range
+from .optimizers import CHUNK, adam_range, sgd_range
 
 SGD, ADAM = 0, 1
 #: hp (floats, the params' dtype): SGD [lr, momentum, 1-dampening, weight_decay];
@@ -36,19 +36,24 @@ SGD, ADAM = 0, 1
 
 
 @njit(**OPTS)
-def _update(p, g, i, s1, s2, s3, opt, hp, flags):
-    """One parameter's optimizer update (flattened views)."""
-    n = p.shape[0]
+def _update_range(lo, hi, p, g, i, s1, s2, s3, opt, hp, flags):
+    """Elements lo:hi of one parameter's optimizer update (flattened views)."""
     if opt == SGD:
         sgd_range(
-            0, n, p, g, s1[i], hp[0], hp[1], hp[2], flags[0] != 0, hp[3], flags[1] != 0,
+            lo, hi, p, g, s1[i], hp[0], hp[1], hp[2], flags[0] != 0, hp[3], flags[1] != 0,
             flags[2] != 0,
         )  # fmt: skip
     else:
         adam_range(
-            0, n, p, g, s1[i], s2[i], s3[i], hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], hp[6],
+            lo, hi, p, g, s1[i], s2[i], s3[i], hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], hp[6],
             hp[7], hp[8], flags[0] != 0, flags[1] != 0, flags[2] != 0,
         )  # fmt: skip
+
+
+@njit(**OPTS)
+def _update(p, g, i, s1, s2, s3, opt, hp, flags):
+    """One parameter's optimizer update (flattened views)."""
+    _update_range(0, p.shape[0], p, g, i, s1, s2, s3, opt, hp, flags)
 
 
 @njit(**OPTS)
@@ -57,6 +62,24 @@ def update_params(ps, gs, s1, s2, s3, opt, hp, flags):
     bits as the per-parameter kernels (tested)."""
     for i in range(len(ps)):
         _update(ps[i], gs[i], i, s1, s2, s3, opt, hp, flags)
+
+
+@njit(parallel=True, **OPTS)
+def update_params_parallel(ps, gs, s1, s2, s3, opt, hp, flags):
+    """update_params over fixed chunks of all parameters in one prange (same bits: every
+    element's update is independent of the others)."""
+    total = 0
+    for i in range(len(ps)):
+        total += -(-ps[i].shape[0] // CHUNK)
+    for c in prange(total):
+        i = 0
+        first = 0  # chunks before parameter i
+        while first + -(-ps[i].shape[0] // CHUNK) <= c:
+            first += -(-ps[i].shape[0] // CHUNK)
+            i += 1
+        lo = (c - first) * CHUNK
+        hi = min(ps[i].shape[0], lo + CHUNK)
+        _update_range(lo, hi, ps[i], gs[i], i, s1, s2, s3, opt, hp, flags)
 
 
 @njit(**GEMM_OPTS)
