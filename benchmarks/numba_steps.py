@@ -1,6 +1,8 @@
 """Whole training steps per workload: PyTorch (same threads, in its own process), the NumPy
 backend, the Numba backend layer by layer and fused, and the step's BLAS GEMMs alone (the floor
-of any BLAS-based step), interleaved in one run; prints medians and ratios.
+of any BLAS-based step), interleaved in one run; prints medians and ratios. With MKL installed
+(deepcore[mkl]) the Numba backend's BLAS is MKL: its step on NumPy's BLAS and MKL's GEMM floor
+are added.
 
 Run: python benchmarks/numba_steps.py [--workloads small,mnist,wide] [--optimizer sgd]
          [--threads 2] [--rounds 15] [--alloc]
@@ -35,8 +37,8 @@ class NumbaStep:
     """fused_mlp_step called directly with preallocated grads and momentum/Adam state."""
 
     def __init__(self, be: Any, w: Any, optimizer: str, dtype: str, state: Any, lr: float,
-                 path: str) -> None:  # fmt: skip
-        self.be, self.path, self.optimizer, self.lr = be, path, optimizer, lr
+                 path: str, blas: str = "auto") -> None:  # fmt: skip
+        self.be, self.path, self.optimizer, self.lr, self.blas = be, path, optimizer, lr, blas
         idx = _layers(state)
         self.W = [np.array(state[f"{i}.weight"], dtype=dtype) for i in idx]
         self.b = [np.array(state[f"{i}.bias"], dtype=dtype) for i in idx]
@@ -47,7 +49,7 @@ class NumbaStep:
         nstate = 1 if optimizer == "sgd" else 2
         self.state = tuple([np.zeros_like(p) for p in params] for _ in range(nstate))
         self.t = 0
-        self.name = f"numba-{path}"
+        self.name = f"numba-{path}" + ("" if blas == "auto" else f"-{blas}")
 
     def put(self, x: np.ndarray, y: np.ndarray) -> Any:
         return x, y
@@ -55,8 +57,8 @@ class NumbaStep:
     def step(self, batch: Any) -> Any:
         x, y = batch
         be = self.be
-        old = be.step_path
-        be.step_path = self.path
+        old, old_blas = be.step_path, be.blas
+        be.step_path, be.blas = self.path, self.blas
         self.t += 1
         try:
             if self.optimizer == "sgd":
@@ -69,7 +71,7 @@ class NumbaStep:
                 step=self.t, state=self.state,
             )  # fmt: skip
         finally:
-            be.step_path = old
+            be.step_path, be.blas = old, old_blas
 
     def loss_step(self, batch: Any) -> float:
         return float(self.step(batch))
@@ -79,9 +81,9 @@ class GemmFloor:
     """Only the step's BLAS GEMMs (forward x @ W.T, backward d.T @ a and d @ W), same shapes,
     preallocated outputs: a lower bound on any training step built on this BLAS."""
 
-    name = "blas-gemms-only"
-
-    def __init__(self, w: Any, state: Any, dtype: str) -> None:
+    def __init__(self, w: Any, state: Any, dtype: str, mkl: Any = None) -> None:
+        self.name = "mkl-gemms-only" if mkl else "blas-gemms-only"
+        self.mm = mkl.matmul if mkl else lambda a, b, out: np.matmul(a, b, out=out)
         idx = _layers(state)
         self.W = [np.array(state[f"{i}.weight"], dtype=dtype) for i in idx]
         m = w.batch
@@ -92,14 +94,14 @@ class GemmFloor:
         return x
 
     def step(self, x: Any) -> Any:
-        ins = [x, *self.a[:-1]]
+        ins, mm = [x, *self.a[:-1]], self.mm
         for W, a_in, out in zip(self.W, ins, self.a, strict=True):
-            np.matmul(a_in, W.T, out=out)
+            mm(a_in, W.T, out)
         for l in range(len(self.W) - 1, -1, -1):
             d = self.a[l]
-            np.matmul(d.T, ins[l], out=self.g[l])
+            mm(d.T, ins[l], self.g[l])
             if l > 0:
-                np.matmul(d, self.W[l], out=self.a[l - 1])
+                mm(d, self.W[l], self.a[l - 1])
 
     def loss_step(self, x: Any) -> float:
         self.step(x)
@@ -161,6 +163,10 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
         NumbaStep(nb, w, optimizer, dtype, state, lr, "auto"),
         GemmFloor(w, state, dtype),
     ]
+    mkl = nb._mkl()
+    if mkl is not None:  # the same step on NumPy's BLAS, and MKL's floor
+        runners.insert(4, NumbaStep(nb, w, optimizer, dtype, state, lr, "auto", "numpy"))
+        runners.append(GemmFloor(w, state, dtype, mkl))
     host = make_batches(w, dtype, seed=0)
     # Same maths: the first steps' losses agree (loose: BLAS vs JIT summation order).
     losses = []
@@ -192,6 +198,9 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
         c = np.empty_like(a)
         fns.append(lambda n, settle=0.0: _time_block(lambda: np.matmul(a, a, out=c), n, settle))
         names.append("sgemm1024")
+        if mkl is not None:
+            fns.append(lambda n, settle=0.0: _time_block(lambda: mkl.matmul(a, a, c), n, settle))
+            names.append("mkl-sgemm1024")
     times: dict[str, list[float]] = {k: [] for k in names}
     load0 = os.getloadavg()[0]
     for i in range(rounds):
@@ -199,7 +208,7 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
         if i % 2:
             order.reverse()
         for j in order:
-            times[names[j]].append(fns[j](n if names[j] != "sgemm1024" else 5, 0.25))
+            times[names[j]].append(fns[j](5 if "sgemm1024" in names[j] else n, 0.25))
     load1 = os.getloadavg()[0]
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n== {name} {w.shape} batch {w.batch} {optimizer} float32, threads={threads} "
@@ -207,23 +216,28 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
           f"load {load0:.2f}->{load1:.2f}")  # fmt: skip
     base = med["torch-cpu"]
     for k in names:
-        if k == "sgemm1024":
+        if "sgemm1024" in k:
             continue
         q = [t / base for t in times[k]]
         print(f"  {k:15s} median {med[k] * 1e6:10.1f} us   torch/this {base / med[k]:6.2f}x"
               f"   numpy/this {med['numpy'] / med[k]:6.2f}x   (IQR of time ratio to torch "
               f"{np.percentile(q, 25):.2f}-{np.percentile(q, 75):.2f})")  # fmt: skip
-    floor = med["blas-gemms-only"]
-    print(f"  floor: the GEMMs alone take {floor / base * 100:.0f}% of torch's whole step, so a "
-          f"BLAS-based step is at most {base / floor:.2f}x torch (and numba-auto spends "
-          f"{floor / med['numba-auto'] * 100:.0f}% of its step in them)")  # fmt: skip
+    for fl_name in ("blas-gemms-only", "mkl-gemms-only"):
+        if fl_name in med:
+            floor = med[fl_name]
+            print(f"  floor ({fl_name}): the GEMMs alone take {floor / base * 100:.0f}% of torch's "
+                  f"step, so a step on this BLAS is at most {base / floor:.2f}x torch "
+                  f"(numba-auto spends {floor / med['numba-auto'] * 100:.0f}% of its step in "
+                  "them)")  # fmt: skip
     if name == "wide":
-        rate = 2 * 1024**3 / med["sgemm1024"]
         fl = w.flops_per_step
-        print(
-            f"  sgemm 1024^3: {rate / 1e9:.1f} GFLOP/s; step GFLOP/s / sgemm rate: "
-            + ", ".join(f"{k} {fl / med[k] / rate * 100:.0f}%" for k in names[:-1])
-        )
+        steps = [k for k in names if "sgemm1024" not in k]
+        for ref in [k for k in names if "sgemm1024" in k]:
+            rate = 2 * 1024**3 / med[ref]
+            print(
+                f"  {ref}: {rate / 1e9:.1f} GFLOP/s; step GFLOP/s / this rate: "
+                + ", ".join(f"{k} {fl / med[k] / rate * 100:.0f}%" for k in steps)
+            )
     if alloc:
         r = runners[3]  # numba-auto
         b = [r.put(x, y) for x, y in host]

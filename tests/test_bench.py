@@ -274,3 +274,19 @@ def test_bench_never_imports_torch_in_its_own_process():
         "assert 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gemm_share_uses_the_fastest_blas_measured():
+    """With the numba backend on MKL the suite also measures MKL's matmul rate, and '% gemm'
+    is against the faster of the two (the machine's rate), not NumPy's BLAS alone."""
+    pytest.importorskip("numba")
+    from deepcore.backends import _mkl
+
+    cfg = bench.config_from_args(
+        parse([*FAST, "--backend", "numba", "--anchors", "none", "--optimizer", "sgd"])
+    )
+    data = run_suite(cfg, log=lambda s: None)
+    gemm = data["gemm_gflops"]
+    assert ("cpu-float32-mkl" in gemm) == (not isinstance(_mkl.load(), str))
+    (row,) = data["rows"]
+    assert row["gemm_share"] == pytest.approx(row["gflops"] / max(gemm.values()))

@@ -188,7 +188,18 @@ def _threads(cfg: BenchConfig, stack: contextlib.ExitStack, log: Log) -> int:
 
 
 def _gemm_rates(cfg: BenchConfig) -> dict[str, float]:
+    """GFLOP/s of an n^3 matmul: NumPy's BLAS, MKL when the numba backend runs on it, cuBLAS."""
     rates = {f"cpu-{d}": gemm_rate(cfg.gemm_size, d) for d in cfg.dtypes}
+    if "numba" in cfg.backends:
+        from ..backends import get_backend
+
+        try:
+            mkl = get_backend("numba")._mkl()
+        except Exception:  # numba unavailable or misconfigured: its rows say why
+            mkl = None
+        if mkl is not None:
+            for d in cfg.dtypes:
+                rates[f"cpu-{d}-mkl"] = gemm_rate(cfg.gemm_size, d, matmul=mkl.matmul)
     if any(b.startswith("cupy") for b in cfg.backends):
         import cupy
 
@@ -206,7 +217,8 @@ def _relate(rows: list[dict], gemm: dict[str, float]) -> None:
         params = sum(a * b + b for a, b in zip(r["sizes"][:-1], r["sizes"][1:], strict=False))
         r["gflops"] = 6.0 * params * r["samples_per_s"] / 1e9
         dev = "cuda" if str(r.get("device", "cpu")).startswith("cuda") else "cpu"
-        rate = gemm.get(f"{dev}-{r['dtype']}")
+        key = f"{dev}-{r['dtype']}"  # the machine's rate: the fastest BLAS measured here
+        rate = max((v for k, v in gemm.items() if k == key or k.startswith(key + "-")), default=0)
         r["gemm_share"] = r["gflops"] / rate if rate else None
     ranked = [r for r in rows if r.get("status") in ("ok", "not gated")]
     for r in rows:

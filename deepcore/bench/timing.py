@@ -201,21 +201,30 @@ def time_interleaved(ms: list[Measurement], budget_s: float, windows: int) -> No
 
 
 def gemm_rate(
-    size: int, dtype: str, *, repeats: int = 7, xp: Any = np, sync: Callable[[], None] | None = None
+    size: int,
+    dtype: str,
+    *,
+    repeats: int = 7,
+    xp: Any = np,
+    sync: Callable[[], None] | None = None,
+    matmul: Callable[[Any, Any, Any], Any] | None = None,
 ) -> float:
-    """Median GFLOP/s of `size`^3 matmuls (2 size^3 FLOPs each) with `xp` (numpy or cupy)."""
+    """Median GFLOP/s of `size`^3 matmuls (2 size^3 FLOPs each) with `xp` (numpy or cupy), or
+    with `matmul(a, b, out)` when given (another BLAS on NumPy arrays)."""
     rng = np.random.default_rng(0)
     a = xp.asarray(rng.standard_normal((size, size)).astype(dtype))
     b = xp.asarray(rng.standard_normal((size, size)).astype(dtype))
     out = xp.empty((size, size), dtype=dtype)
     sync = sync or (lambda: None)
-    xp.matmul(a, b, out=out)  # warm-up (thread pool start, cuBLAS handle)
+    mm = matmul or (lambda a, b, out: xp.matmul(a, b, out=out))
+    time.sleep(SETTLE_S)  # the previous runner's BLAS threads stop spinning
+    mm(a, b, out)  # warm-up (thread pool start, cuBLAS handle)
     sync()
     times = []
     for _ in range(repeats):
         sync()
         t = time.perf_counter()
-        xp.matmul(a, b, out=out)
+        mm(a, b, out)
         sync()
         times.append(time.perf_counter() - t)
     return 2.0 * size**3 / statistics.median(times) / 1e9
