@@ -20,6 +20,7 @@ needs_mkl = pytest.mark.skipif(isinstance(MKL, str), reason=str(MKL))
 def nb(monkeypatch):
     be = get_backend("numba")
     monkeypatch.setattr(be, "blas", "mkl")
+    monkeypatch.setattr("deepcore.backends.numba.MKL_MIN_WORK", 0)  # small test GEMMs on MKL
     return be
 
 
@@ -63,6 +64,10 @@ def test_mkl_declines_what_it_cannot_take():
     assert not MKL.gemm(a, b, np.asfortranarray(out))  # out must be C-contiguous
     assert not MKL.gemm(a, b[:5], out)  # inner dimensions differ
     assert (out == 7.0).all()  # nothing was written
+    sq = rng.standard_normal((6, 6)).astype("float32")
+    want = sq @ sq
+    assert not MKL.gemm(sq, sq, sq)  # out aliases an operand
+    np.testing.assert_allclose(MKL.matmul(sq, sq.copy(), sq), want, rtol=1e-5)
     # matmul falls back to NumPy for what MKL declines, with NumPy's result
     np.testing.assert_allclose(MKL.matmul(strided, b, out), strided @ b, rtol=1e-6)
     empty = MKL.matmul(a[:, :0], b[:0], np.full((8, 5), 3.0, np.float32))
@@ -109,6 +114,19 @@ def test_backend_gemm_on_mkl_keeps_the_contract_errors(nb):
 
 
 @needs_mkl
+def test_set_num_threads_reaches_mkl(nb):
+    from deepcore import threads
+
+    old = threads.get_num_threads()
+    try:
+        threads.set_num_threads(1)
+        assert MKL._lib.MKL_Get_Max_Threads() == 1
+    finally:
+        threads.set_num_threads(old)
+    assert MKL._lib.MKL_Get_Max_Threads() == old
+
+
+@needs_mkl
 def test_mkl_shares_gnu_openmp_and_is_reported(nb):
     nb.gemm(np.ones((300, 300), np.float32), np.ones((300, 300), np.float32))
     if sys.platform.startswith("linux"):
@@ -117,6 +135,28 @@ def test_mkl_shares_gnu_openmp_and_is_reported(nb):
         assert "libiomp5" not in maps  # no Intel OpenMP runtime beside libgomp
     info = nb.info()["blas"]
     assert info.startswith("MKL ") and "reproducible" in info
+
+
+@needs_mkl
+def test_small_gemms_stay_on_numpys_blas(monkeypatch):
+    """On MKL, GEMMs up to MKL_MIN_WORK = m*n*k go to NumPy's BLAS (cheaper per call there),
+    in the public gemm and in the layered step alike."""
+    from deepcore.backends import numba as numba_mod
+
+    be = get_backend("numba")
+    monkeypatch.setattr(be, "blas", "mkl")
+    calls = []
+    real = MKL.gemm
+    monkeypatch.setattr(
+        MKL, "gemm", lambda a, b, out, *r: calls.append(a.shape) or real(a, b, out, *r)
+    )
+    small = np.ones((16, 16), np.float32)
+    be.gemm(small, small)
+    assert calls == []
+    big = np.ones((80, 80), np.float32)  # 512000 > 64^3
+    np.testing.assert_array_equal(be.gemm(big, big), np.full((80, 80), 80.0, np.float32))
+    assert calls == [(80, 80)]
+    assert numba_mod.MKL_MIN_WORK == 64**3
 
 
 def test_blas_setting_errors(monkeypatch):

@@ -181,6 +181,7 @@ def test_fused_mlp_step_matches_layer_maths(nb, dt, opt, big, monkeypatch):
 def test_fused_step_bitwise_reproducible(nb, monkeypatch, blas):
     monkeypatch.setattr(nb, "blas", blas)
     monkeypatch.setattr(nb, "step_path", "layered")
+    monkeypatch.setattr("deepcore.backends.numba.MKL_MIN_WORK", 0)  # these tiny GEMMs on MKL too
     rng = np.random.default_rng(1)
     ws0 = [rng.standard_normal(s).astype("float32") for s in ((16, 8), (4, 16))]
     bs0 = [np.zeros(16, "float32"), np.zeros(4, "float32")]
@@ -263,6 +264,7 @@ def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp
     monkeypatch.setattr(nb, "step_path", "layered")
     monkeypatch.setattr(nb, "blas", blas)
     monkeypatch.setattr(nb, "parallel_step_update", 0)  # on MKL: the parallel update
+    monkeypatch.setattr("deepcore.backends.numba.MKL_MIN_WORK", 0)  # these tiny GEMMs on MKL too
     monkeypatch.setattr(_numba_updates, "PARALLEL_ELEMENTS", 600)  # public: W0, W1 parallel
     rng = np.random.default_rng(11)
     sizes, batch = (30, 40, 20, 7), 16

@@ -67,6 +67,8 @@ class Mkl:
         tb, ldb = _layout(b)
         if ta is None or tb is None:
             return False
+        if np.may_share_memory(out, a) or np.may_share_memory(out, b):
+            return False  # BLAS would read what it already overwrote (NumPy buffers instead)
         fn(_ROW_MAJOR, ta, tb, m, n, k, alpha, a.ctypes.data, lda, b.ctypes.data, ldb, beta,
            out.ctypes.data, max(n, 1))  # fmt: skip
         return True

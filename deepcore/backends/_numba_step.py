@@ -28,10 +28,6 @@ FUSED_STEP_MAX_WORK = 4_000_000
 _PLANS_MAX = 64
 
 
-def _np_matmul(a: Any, b: Any, out: Any) -> Any:
-    return np.matmul(a, b, out=out)
-
-
 class _Plan:
     """Validated arrays of one model + optimizer state, and their preallocated workspace."""
 
@@ -46,6 +42,7 @@ class NumbaStepMixin(Backend):
     _run: Any
     _dummy: Any
     _mkl: Any
+    _matmul_for: Any
     #: fused_mlp_step's route: "auto" (by size), "compiled" (one call) or "layered".
     step_path: str = "auto"
     #: Parameters (elements, all layers) from which the layered step's update runs in parallel
@@ -246,11 +243,12 @@ class NumbaStepMixin(Backend):
             and not self._use_jit(x.shape[0] * min(w.size for w in weights))
         )  # fmt: skip
         mkl = self._mkl() if direct else None
-        mm = mkl.matmul if mkl is not None else _np_matmul
+        m = x.shape[0]
         inputs = [x]
         for l in range(nl):
             if direct:
-                mm(inputs[-1], weights[l].T, zs[l])
+                o, i = weights[l].shape
+                self._matmul_for(mkl, m * o * i)(inputs[-1], weights[l].T, zs[l])
                 self._bias_act(zs[l], biases[l], acts[l], alpha, outs[l], zs[l])
             else:
                 self.linear(inputs[-1], weights[l], biases[l], acts[l], alpha, out=outs[l],
@@ -264,6 +262,7 @@ class NumbaStepMixin(Backend):
                 acts[l], d, x=zs[l], y=outs[l], alpha=alpha, dx_out=d, db_out=bgrads[l]
             )
             if direct:
+                mm = self._matmul_for(mkl, m * weights[l].size)  # all three GEMMs: m*o*i
                 mm(d.T, inputs[l], wgrads[l])
                 if l > 0:
                     d = mm(d, weights[l], ds[l - 1])
