@@ -92,9 +92,13 @@ def footnotes(result: dict[str, Any]) -> list[str]:
         "* anchor. samples/s: median of timed windows after warm-up, the runners of a row "
         "taking turns window by window; warm-up s: compile + first step; "
         "GFLOP/s = 6 x params x samples/s.",
-        f"% gemm: share of the machine's matmul rate at {result['gemm_size']}^3 in this run "
-        f"(NumPy's BLAS; -mkl: MKL, which the numba backend uses; the faster counts): {gemm} "
-        f"GFLOP/s, the best of {len(samples)} samples (lowest {lo:.1f}), one per row.",
+        f"% gemm: share of the machine's matmul rate at {result['gemm_size']}^3 in this run"
+        + (
+            " (NumPy's BLAS; -mkl: MKL, which the numba backend uses; the faster counts)"
+            if any(k.endswith("-mkl") for k in result["gemm_gflops"])
+            else " (np.matmul)"
+        )
+        + f": {gemm} GFLOP/s, the best of {len(samples)} samples (lowest {lo:.1f}), one per row.",
         f"peak MB: {', '.join(methods) or 'n/a'}, over the row (model, optimizer state, "
         "activations and library workspaces)"
         + ("; torch rows run in their own process and report its peak." if own else "."),
