@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("numba")
 
 from deepcore.backends import _mkl, get_backend  # noqa: E402
+from deepcore.errors import BackendUnavailableError  # noqa: E402
 
 MKL = _mkl.load()
 needs_mkl = pytest.mark.skipif(isinstance(MKL, str), reason=str(MKL))
@@ -166,12 +167,34 @@ def test_blas_setting_errors(monkeypatch):
         be.gemm(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))
     monkeypatch.setattr(_mkl, "load", lambda: "MKL could not be loaded: not installed")
     monkeypatch.setattr(be, "blas", "mkl")
-    with pytest.raises(RuntimeError, match="blas is 'mkl' but MKL could not be loaded"):
+    with pytest.raises(BackendUnavailableError, match="blas is 'mkl' but MKL could not be loaded"):
         be.gemm(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))
     monkeypatch.setattr(be, "blas", "auto")  # auto falls back to NumPy's BLAS, and says why
     out = be.gemm(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32))
     np.testing.assert_array_equal(out, np.full((2, 2), 3.0, np.float32))
     assert be.info()["blas"] == "numpy's BLAS (MKL could not be loaded: not installed)"
+
+
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        ("openblas", "must be auto, mkl or numpy"),
+        ("mkl", "blas is 'mkl' but MKL could not be loaded"),
+    ],
+)
+def test_cli_reports_a_bad_blas_setting_in_one_line(value, why):
+    import os
+    import subprocess
+
+    if value == "mkl" and not isinstance(MKL, str):
+        pytest.skip("MKL is installed here")
+    env = {**os.environ, "DEEPCORE_NUMBA_BLAS": value}
+    argv = ["train", "--backend", "numba", "--epochs", "1", "--quiet"]
+    run = subprocess.run(
+        [sys.executable, "-m", "deepcore.cli", *argv], env=env, capture_output=True, text=True
+    )
+    assert run.returncode != 0
+    assert why in run.stderr and "Traceback" not in run.stderr
 
 
 def test_missing_mkl_package_is_a_message_not_a_crash(monkeypatch):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DtypeError
+from ..errors import BackendUnavailableError, DtypeError
 from . import _mkl
 from ._numba_step import FUSED_STEP_MAX_WORK, NumbaStepMixin
 from ._numba_updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin, adam_scalars
@@ -73,6 +73,8 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
 
     def __init__(self) -> None:
         super().__init__()
+        if self.blas not in ("auto", "mkl", "numpy"):  # DEEPCORE_NUMBA_BLAS, checked up front
+            raise ValueError(f"NumbaBackend.blas must be auto, mkl or numpy, not {self.blas!r}")
         self._k = _kernels()
         self._compiled: set[tuple[Any, ...]] = set()
         self._dummies: dict[tuple[str, int], np.ndarray] = {}
@@ -116,7 +118,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
         mkl = _mkl.load()
         if isinstance(mkl, str):
             if choice == "mkl":
-                raise RuntimeError(f"NumbaBackend.blas is 'mkl' but {mkl}")
+                raise BackendUnavailableError(f"NumbaBackend.blas is 'mkl' but {mkl}")
             return None
         return mkl
 
