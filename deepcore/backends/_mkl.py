@@ -1,10 +1,11 @@
 """Optional Intel MKL GEMM for the Numba backend (`pip install 'deepcore[mkl]'`).
 
-PyTorch's CPU GEMM is MKL; NumPy's wheels bring OpenBLAS, which is 1.05-1.35x slower at the
-MLP shapes of the benchmark on the dev VM (benchmarks/numba_steps.py). When the `mkl` package is
-installed, the Numba backend calls its `cblas_?gemm` through ctypes. MKL is set up to share the
-GNU OpenMP runtime that Numba's `omp` threading layer uses (no third thread pool) and to run in
-conditional numerical reproducibility mode, so the same seed gives the same bits run to run.
+PyTorch's CPU GEMM is MKL; NumPy's wheels bring OpenBLAS, whose GEMMs took 1.07-1.21x MKL's
+time at the benchmark's MLP shapes on the dev VM (benchmarks/numba_steps.py, BENCHMARKS.md).
+When the `mkl` package is installed, the Numba backend calls its `cblas_?gemm` through ctypes.
+MKL is set up to share the GNU OpenMP runtime that Numba's `omp` threading layer uses (no third
+thread pool) and to run in conditional numerical reproducibility mode, so the same seed gives
+the same bits run to run.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ _INT_MAX = 2**31 - 1  # mkl_rt's default LP64 interface: 32-bit integers
 class Mkl:
     """MKL's cblas_sgemm/dgemm on NumPy arrays (2-D, each C- or F-contiguous; out C-contiguous)."""
 
-    def __init__(self, lib: Any, path: str) -> None:
+    def __init__(self, lib: Any, path: str, threading: str = "GNU OpenMP threads") -> None:
         self.path = path
+        self.threading = threading
         self._lib = lib
         args = [ctypes.c_int] * 6
         self._fns = {}
@@ -114,11 +116,12 @@ def load() -> Mkl | str:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
         return f"MKL could not be loaded: {exc}"
-    if "MKL_THREADING_LAYER" not in os.environ:
+    layer = os.environ.get("MKL_THREADING_LAYER")  # the user's choice stands
+    if layer is None:
         lib.MKL_Set_Threading_Layer(_THREADING_GNU)
     if "MKL_CBWR" not in os.environ:
         lib.MKL_CBWR_Set(_CBWR_AUTO_STRICT)  # fails harmlessly if MKL already computed
-    mkl = Mkl(lib, str(path))
+    mkl = Mkl(lib, str(path), "GNU OpenMP threads" if layer is None else f"{layer} threading")
     from .. import threads
 
     mkl.set_num_threads(threads.get_num_threads())

@@ -33,7 +33,8 @@ JIT_GEMM_MAX_WORK = 0
 PARALLEL_GEMM_WORK = 128**3
 #: m*n*k up to which GEMMs stay on NumPy's BLAS when the backend runs on MKL. OpenBLAS runs these
 #: on one thread (no thread pool to wake) and MKL's fixed cost per call is higher here: 32x128x10
-#: 2.2 vs 11.6 us, 64^3 5.1 vs 14.6 us (the digits MLP of the scikit-learn comparison lost 10%).
+#: 2.2 vs 11.6 us, 64^3 5.1 vs 14.6 us (on MKL the digits MLP of the sklearn comparison was 10-14%
+#: slower).
 MKL_MIN_WORK = 64**3
 
 
@@ -345,7 +346,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
             return f"error: {exc}"
         if mkl is not None:
             cnr = "reproducible" if mkl.cbwr_branch >= 2 else "not reproducible (CBWR off)"
-            return f"{mkl.version}, GNU OpenMP threads, {cnr}"
+            return f"{mkl.version}, {mkl.threading}, {cnr}"
         why = "" if self.blas == "numpy" else f" ({_mkl.load()})"
         return f"numpy's BLAS{why}"
 
