@@ -247,8 +247,7 @@ class NumbaStepMixin(Backend):
         inputs = [x]
         for l in range(nl):
             if direct:
-                o, i = weights[l].shape
-                self._matmul_for(mkl, m * o * i)(inputs[-1], weights[l].T, zs[l])
+                self._matmul_for(mkl, m * weights[l].size)(inputs[-1], weights[l].T, zs[l])
                 self._bias_act(zs[l], biases[l], acts[l], alpha, outs[l], zs[l])
             else:
                 self.linear(inputs[-1], weights[l], biases[l], acts[l], alpha, out=outs[l],
@@ -271,7 +270,7 @@ class NumbaStepMixin(Backend):
                 if l > 0:
                     d = self.gemm(d, weights[l], out=ds[l - 1])
         params = [*weights, *biases]
-        if direct:  # every parameter in one serial compiled call (see the docstring)
+        if direct:  # every parameter in one compiled call, parallel on MKL (see the docstring)
             k = self._k.step
             opt = k.SGD if optimizer == "sgd" else k.ADAM
             par = mkl is not None and plan.size >= self.parallel_step_update

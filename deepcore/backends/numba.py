@@ -49,6 +49,12 @@ def probe(device: int | None = None) -> tuple[bool, str]:
     return True, f"numba {numba.__version__}"
 
 
+def _check_blas(choice: str) -> str:
+    if choice not in ("auto", "mkl", "numpy"):
+        raise ValueError(f"NumbaBackend.blas must be auto, mkl or numpy, not {choice!r}")
+    return choice
+
+
 def _np_matmul(a: Any, b: Any, out: Any) -> Any:
     return np.matmul(a, b, out=out)
 
@@ -74,8 +80,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
 
     def __init__(self) -> None:
         super().__init__()
-        if self.blas not in ("auto", "mkl", "numpy"):  # DEEPCORE_NUMBA_BLAS, checked up front
-            raise ValueError(f"NumbaBackend.blas must be auto, mkl or numpy, not {self.blas!r}")
+        _check_blas(self.blas)  # DEEPCORE_NUMBA_BLAS, checked up front (MKL loads on first use)
         self._k = _kernels()
         self._compiled: set[tuple[Any, ...]] = set()
         self._dummies: dict[tuple[str, int], np.ndarray] = {}
@@ -111,11 +116,9 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
     # ------------------------------------------------------------------ dense
     def _mkl(self) -> Any:
         """The MKL wrapper when `blas` selects it, else None (NumPy's matmul)."""
-        choice = self.blas
+        choice = _check_blas(self.blas)
         if choice == "numpy":
             return None
-        if choice not in ("auto", "mkl"):
-            raise ValueError(f"NumbaBackend.blas must be auto, mkl or numpy, not {choice!r}")
         mkl = _mkl.load()
         if isinstance(mkl, str):
             if choice == "mkl":
