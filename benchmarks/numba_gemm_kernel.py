@@ -1,12 +1,13 @@
 """The JIT GEMM kernels on their own against BLAS (np.matmul with out=), float32, one run.
 
-Run: python benchmarks/numba_gemm_kernel.py [--rounds 9]
+Run: python benchmarks/numba_gemm_kernel.py [--rounds 9] [--sizes 32,64,1024]
 
 Goals (issue 3): the JIT GEMM >= 40% of BLAS at 1024^3, and faster than BLAS at 64^3 and below.
-Small sizes call `small_gemm` (no packing; what the fused whole-step path uses), 1024^3 calls
-the packed, parallel `gemm_parallel`; both with preallocated outputs and C-contiguous inputs,
-so the numbers are kernel time plus the bare call overhead. Contenders alternate round by
-round, with a pause before each block so no thread pool is still spinning from the other.
+Every size runs the register-blocked kernel of deepcore.kernels.numba.gemm (one thread up to
+64^3, all threads above, as the backend dispatches it); sizes up to 64^3 also run `small_gemm`,
+the unpacked kernel of the compiled whole-step path. Operands are C-contiguous, outputs
+preallocated, so the numbers are kernel time plus the bare call overhead. Contenders alternate
+round by round, each block after a pause so that no thread pool is still spinning from another.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 
-def _block(fn, n: int) -> float:  # type: ignore[no-untyped-def]
-    time.sleep(0.2)
+def _block(fn: Callable[[], object], n: int) -> float:
+    time.sleep(0.15)
     fn()
     start = time.perf_counter()
     for _ in range(n):
@@ -30,60 +32,68 @@ def _block(fn, n: int) -> float:  # type: ignore[no-untyped-def]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--sizes", default="32,64,1024")
     args = parser.parse_args()
 
+    from deepcore import threads
     from deepcore.backends import get_backend
 
     be = get_backend("numba")
     k = be._k  # the kernel modules, loaded by the backend (numba imported lazily)
+    g = k.gemm
+    nthreads = threads.get_num_threads()
+    print(f"{k.simd.VECTOR_BYTES * 8}-bit vectors, {g.MR} x {g.nr_of('float32')} register block,"
+          f" {nthreads} threads; BLAS = np.matmul")  # fmt: skip
     rng = np.random.default_rng(0)
-    print(f"{'size':>6}  {'BLAS':>10}  {'JIT':>10}  JIT/BLAS speed  kernel")
-    for size in (32, 64, 1024):
+    one, zero = np.float32(1), np.float32(0)
+    print(f"{'size':>7}  {'BLAS':>10}  {'JIT':>10}  {'JIT/BLAS speed':>14}  kernel")
+    for size in (int(s) for s in args.sizes.split(",")):
         a = rng.standard_normal((size, size), dtype=np.float32)
         b = rng.standard_normal((size, size), dtype=np.float32)
         c_blas = np.empty((size, size), np.float32)
-        c_jit = np.zeros((size, size), np.float32)
-        if size <= 64:
-            name = "small_gemm"
-
-            # 32 and 64 are whole register blocks (SMR x SNR), so no edge loop runs and every
-            # output is written, not accumulated: no zero-fill needed between calls.
-            assert size % k.step.SMR == 0 and size % k.step.SNR == 0
-
-            def jit(a=a, b=b, c=c_jit) -> None:
-                k.step.small_gemm(a, False, b, c)
-
-            be._run(k.step.small_gemm, ("bench-small",), a, False, b, c_jit)
-            n = 2000
+        c_jit = np.empty((size, size), np.float32)
+        work = size**3
+        par = nthreads > 1 and work >= 80**3
+        tm, tn = g.choose_grid(size, size, size, nthreads, g.nr_of("float32")) if par else (1, 1)
+        ws = np.empty((tm * tn, g.workspace_size("float32")), np.float32)
+        jits: dict[str, Callable[[], object]] = {}
+        if par:
+            name = f"gemm_parallel ({tm} x {tn} threads)"
+            jits[name] = lambda a=a, b=b, c=c_jit, ws=ws, tm=tm, tn=tn: g.gemm_parallel(
+                a, False, b, False, c, one, zero, ws, tm, tn, 0
+            )
         else:
-            name = "gemm_parallel (packed)"
-            sa, sb = k.gemm.packed_sizes(size, size, size)
-            pa, pb = np.empty(sa, np.float32), np.empty(sb, np.float32)
-            one, zero = np.float32(1), np.float32(0)
+            jits["gemm_serial"] = lambda a=a, b=b, c=c_jit, ws=ws: g.gemm_serial(
+                a, False, b, False, c, one, zero, ws, g.DIRECT_B
+            )
+        if size <= 64:
+            with k._config.slp_vectorize():  # as the backend compiles it
+                k.step.small_gemm(a, False, b, c_jit)
+            jits["small_gemm (compiled step)"] = lambda a=a, b=b, c=c_jit: k.step.small_gemm(
+                a, False, b, c
+            )
 
-            def jit(a=a, b=b, c=c_jit, pa=pa, pb=pb, one=one, zero=zero) -> None:
-                k.gemm.gemm_parallel(a, b, c, False, False, one, zero, pa, pb)
-
-            be._run(k.gemm.gemm_parallel, ("bench-par",), a, b, c_jit, False, False, one,
-                    zero, pa, pb)  # fmt: skip
-            n = 3
-
-        def blas(a=a, b=b, c=c_blas) -> None:
+        def blas(a: np.ndarray = a, b: np.ndarray = b, c: np.ndarray = c_blas) -> None:
             np.matmul(a, b, out=c)
 
-        jit()
         blas()
-        np.testing.assert_allclose(c_jit, c_blas, rtol=1e-3, atol=1e-3 * size)
-        t_blas, t_jit = [], []
+        n = max(1, int(5e-3 / (2 * work / 1e11)))
+        times: dict[str, list[float]] = {"blas": [], **{name: [] for name in jits}}
+        for fn in jits.values():
+            fn()
+            np.testing.assert_allclose(c_jit, c_blas, rtol=1e-3, atol=1e-3 * size)
         for _ in range(args.rounds):
-            t_blas.append(_block(blas, n))
-            t_jit.append(_block(jit, n))
-        mb, mj = statistics.median(t_blas), statistics.median(t_jit)
+            times["blas"].append(_block(blas, n))
+            for name, fn in jits.items():
+                times[name].append(_block(fn, n))
+        mb = statistics.median(times["blas"])
         unit, scale = ("us", 1e6) if size <= 64 else ("ms", 1e3)
-        print(
-            f"{size:>5}^3  {mb * scale:8.2f}{unit}  {mj * scale:8.2f}{unit}  "
-            f"{mb / mj:13.2f}x  {name}"
-        )
+        for name in jits:
+            mj = statistics.median(times[name])
+            print(
+                f"{size:>5}^3  {mb * scale:8.2f}{unit}  {mj * scale:8.2f}{unit}  "
+                f"{mb / mj:13.2f}x  {name}"
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ instance), `dtype` ("float32" / "float64"), `torch` (the module, or skip), `tol`
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -17,6 +20,13 @@ import deepcore as dc
 from deepcore.backends import BACKEND_NAMES
 
 _AVAILABILITY = dc.available_backends()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The Numba backend's measured GEMM choice goes to a fresh cache directory per session
+    (inherited by the CLI subprocesses), not the user's ~/.cache."""
+    os.environ.setdefault("DEEPCORE_CACHE_DIR", tempfile.mkdtemp(prefix="deepcore-tests-"))
+
 
 #: Tolerances per dtype, for an op whose error does not grow with its size. Reductions and GEMMs
 #: scale `rtol` with the number of terms (see `tol`).

@@ -213,7 +213,7 @@ def test_remote_env_drops_only_what_deepcore_injected(monkeypatch):
     from deepcore.bench import remote
 
     fake = types.SimpleNamespace(INJECTED_ENV={"OMP_WAIT_POLICY": "passive"})
-    monkeypatch.setitem(sys.modules, "deepcore.kernels.numba._config", fake)
+    monkeypatch.setitem(sys.modules, "deepcore.backends._numba_env", fake)
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     monkeypatch.setenv("DEEPCORE_SOMETHING", "kept")
     env = remote._child_env()

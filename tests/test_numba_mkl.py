@@ -21,7 +21,8 @@ needs_mkl = pytest.mark.skipif(isinstance(MKL, str), reason=str(MKL))
 def nb(monkeypatch):
     be = get_backend("numba")
     monkeypatch.setattr(be, "blas", "mkl")
-    monkeypatch.setattr("deepcore.backends.numba.MKL_MIN_WORK", 0)  # small test GEMMs on MKL
+    monkeypatch.setattr(be, "gemm_impl", "blas")
+    monkeypatch.setattr("deepcore.backends._numba_gemm.MKL_MIN_WORK", 0)  # small GEMMs on MKL
     return be
 
 
@@ -142,10 +143,11 @@ def test_mkl_shares_gnu_openmp_and_is_reported(nb):
 def test_small_gemms_stay_on_numpys_blas(monkeypatch):
     """On MKL, GEMMs up to MKL_MIN_WORK = m*n*k go to NumPy's BLAS (cheaper per call there),
     in the public gemm and in the layered step alike."""
-    from deepcore.backends import numba as numba_mod
+    from deepcore.backends import _numba_gemm
 
     be = get_backend("numba")
     monkeypatch.setattr(be, "blas", "mkl")
+    monkeypatch.setattr(be, "gemm_impl", "blas")
     calls = []
     real = MKL.gemm
     monkeypatch.setattr(
@@ -157,7 +159,7 @@ def test_small_gemms_stay_on_numpys_blas(monkeypatch):
     big = np.ones((80, 80), np.float32)  # 512000 > 64^3
     np.testing.assert_array_equal(be.gemm(big, big), np.full((80, 80), 80.0, np.float32))
     assert calls == [(80, 80)]
-    assert numba_mod.MKL_MIN_WORK == 64**3
+    assert _numba_gemm.MKL_MIN_WORK == 64**3
 
 
 def test_blas_setting_errors(monkeypatch):
@@ -214,15 +216,19 @@ def test_missing_mkl_package_is_a_message_not_a_crash(monkeypatch):
         _mkl.load()  # the real state again for the other tests
 
 
-@pytest.mark.parametrize("blas", ["numpy", "auto"])
-def test_wait_policy_follows_the_blas(blas):
-    """OMP_WAIT_POLICY=passive is set for OpenBLAS (whose own threads need the cores between
-    kernels) but not when MKL, running on the kernels' libgomp threads, is the BLAS."""
+@pytest.mark.parametrize(
+    "gemm,blas,passive",
+    [("blas", "numpy", True), ("jit", "numpy", False), ("blas", "auto", None)],
+)
+def test_wait_policy_is_passive_only_for_openblas_gemms(gemm, blas, passive):
+    """OMP_WAIT_POLICY=passive is set when large GEMMs run on OpenBLAS (whose own threads need
+    the cores between kernels), not when they run on the JIT kernel or on MKL, both on the
+    kernels' own libgomp threads (None: passive exactly when MKL is missing)."""
     import os
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env["DEEPCORE_NUMBA_BLAS"] = blas
+    env.update(DEEPCORE_NUMBA_BLAS=blas, DEEPCORE_NUMBA_GEMM=gemm)
     code = (
         "import os\nfrom deepcore.backends import get_backend\nget_backend('numba')\n"
         "print(os.environ.get('OMP_WAIT_POLICY'))"
@@ -230,5 +236,6 @@ def test_wait_policy_follows_the_blas(blas):
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout.split()[-1]
-    mkl_used = blas == "auto" and not isinstance(MKL, str)
-    assert out == ("None" if mkl_used else "passive")
+    if passive is None:
+        passive = isinstance(MKL, str)
+    assert out == ("passive" if passive else "None")

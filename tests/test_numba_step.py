@@ -14,13 +14,22 @@ from deepcore.backends.numpy import NumpyBackend  # noqa: E402
 DTYPES = ("float32", "float64")
 
 
-def _blas_choices() -> list[str]:
+def _gemm_choices() -> list[str]:
     from deepcore.backends import _mkl
 
-    return ["numpy"] + ([] if isinstance(_mkl.load(), str) else ["mkl"])
+    return ["jit", "numpy"] + ([] if isinstance(_mkl.load(), str) else ["mkl"])
 
 
-BLAS = _blas_choices()  # the Numba backend's BLAS: NumPy's, and MKL where installed
+#: The Numba backend's GEMMs: its JIT kernel, NumPy's BLAS, and MKL where installed.
+GEMMS = _gemm_choices()
+
+
+def use_gemm(nb, monkeypatch, which: str) -> None:
+    """Run nb's GEMMs on `which` (GEMMS), small test GEMMs included."""
+    monkeypatch.setattr(nb, "gemm_impl", "jit" if which == "jit" else "blas")
+    if which != "jit":
+        monkeypatch.setattr(nb, "blas", which)
+        monkeypatch.setattr("deepcore.backends._numba_gemm.MKL_MIN_WORK", 0)
 
 
 @pytest.fixture(scope="module")
@@ -177,11 +186,10 @@ def test_fused_mlp_step_matches_layer_maths(nb, dt, opt, big, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=tol * 10, atol=tol * 10)
 
 
-@pytest.mark.parametrize("blas", BLAS)
-def test_fused_step_bitwise_reproducible(nb, monkeypatch, blas):
-    monkeypatch.setattr(nb, "blas", blas)
+@pytest.mark.parametrize("gemm", GEMMS)
+def test_fused_step_bitwise_reproducible(nb, monkeypatch, gemm):
+    use_gemm(nb, monkeypatch, gemm)
     monkeypatch.setattr(nb, "step_path", "layered")
-    monkeypatch.setattr("deepcore.backends.numba.MKL_MIN_WORK", 0)  # these tiny GEMMs on MKL too
     rng = np.random.default_rng(1)
     ws0 = [rng.standard_normal(s).astype("float32") for s in ((16, 8), (4, 16))]
     bs0 = [np.zeros(16, "float32"), np.zeros(4, "float32")]
@@ -251,10 +259,10 @@ LAYERED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("blas", BLAS)
+@pytest.mark.parametrize("gemm", GEMMS)
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("opt,hp", LAYERED_CASES, ids=str)
-def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp, blas):
+def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp, gemm):
     """The layered route's shortcuts (BLAS called directly, every parameter updated in one
     serial compiled call) change nothing: three steps give the same bits as the backend's
     public per-layer methods called one by one (their updates run the parallel kernels for
@@ -262,9 +270,8 @@ def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp
     from deepcore.backends import _numba_updates
 
     monkeypatch.setattr(nb, "step_path", "layered")
-    monkeypatch.setattr(nb, "blas", blas)
-    monkeypatch.setattr(nb, "parallel_step_update", 0)  # on MKL: the parallel update
-    monkeypatch.setattr("deepcore.backends.numba.MKL_MIN_WORK", 0)  # these tiny GEMMs on MKL too
+    use_gemm(nb, monkeypatch, gemm)
+    monkeypatch.setattr(nb, "parallel_step_update", 0)  # off OpenBLAS: the parallel update
     monkeypatch.setattr(_numba_updates, "PARALLEL_ELEMENTS", 600)  # public: W0, W1 parallel
     rng = np.random.default_rng(11)
     sizes, batch = (30, 40, 20, 7), 16

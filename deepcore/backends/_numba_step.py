@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import threads
 from ..errors import ShapeError
+from ._gemm_choice import SMALL_WORK
 from ._numba_updates import adam_scalars
 from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
 
@@ -41,8 +43,9 @@ class NumbaStepMixin(Backend):
     _k: Any
     _run: Any
     _dummy: Any
+    _matmul: Any
+    _use_jit: Any
     _mkl: Any
-    _matmul_for: Any
     #: fused_mlp_step's route: "auto" (by size), "compiled" (one call) or "layered".
     step_path: str = "auto"
     #: Parameters (elements, all layers) from which the layered step's update runs in parallel
@@ -207,6 +210,12 @@ class NumbaStepMixin(Backend):
             ws = plan.ws[m] = (zs, as_, ds, wts)
         return ws
 
+    def _openblas_threads(self, m: int, plan: _Plan) -> bool:
+        """True when this step's largest GEMM runs on NumPy's BLAS with its own threads, whose
+        worker keeps spinning after each call: the update then runs on one thread."""
+        work = m * max(w.size for w in plan.params[0])
+        return work > SMALL_WORK and not self._use_jit(work, plan.dt) and self._mkl() is None
+
     def _layer_buffers(self, weights: Any, m: int, dt: Any) -> tuple[Any, ...]:
         outs = [w.shape[0] for w in weights]
         zs = [self.scratch(f"step_z{i}", (m, o), dt) for i, o in enumerate(outs)]
@@ -222,14 +231,14 @@ class NumbaStepMixin(Backend):
         """fused_mlp_step's maths layer by layer (large models).
 
         On a validated plan (C-contiguous NumPy arrays of one dtype) the GEMMs go straight to
-        BLAS (MKL or NumPy's, see NumbaBackend.blas) and all parameters are updated by one
-        compiled call: the per-call checks of the public methods cost ~0.2 ms of a 3 ms mnist
-        step. On OpenBLAS that update is serial: its worker keeps spinning on the other core
-        for a while after each GEMM, so a parallel update was no faster (wide: serial 286 and
-        314 ms per step, parallel 289-326 ms). On MKL the GEMMs run on the same libgomp threads
-        as the kernels, and the update runs in parallel (mnist 2.52 -> 2.33 ms, wide 267 ->
-        258 ms, A/B in one run). Otherwise the public methods run, with their checks. The maths
-        and its order are the same either way (tested bitwise).
+        `_matmul` (the JIT kernel or BLAS, as the public gemm chooses) and all parameters are
+        updated by one compiled call: the per-call checks of the public methods cost ~0.2 ms of
+        a 3 ms mnist step. The update runs in parallel unless the GEMMs run on OpenBLAS, whose
+        worker keeps spinning on the other core for a while after each call (there a parallel
+        update was no faster: wide serial 286 and 314 ms per step, parallel 289-326 ms; on MKL,
+        whose threads are libgomp's like the kernels', mnist went 2.52 -> 2.33 ms). Otherwise
+        the public methods run, with their checks. The maths and its order are the same either
+        way (tested bitwise).
         """
         nl = len(weights)
         x = self.asarray(x)
@@ -238,16 +247,15 @@ class NumbaStepMixin(Backend):
             raise ValueError(f"fused_mlp_step: x is {dt}, weights are {weights[0].dtype}")
         zs, outs, ds = self._layer_buffers(weights, x.shape[0], dt)
         direct = (
-            plan.ok and isinstance(x, np.ndarray) and x.ndim == 2
-            and x.shape[1] == weights[0].shape[1]
-            and not self._use_jit(x.shape[0] * min(w.size for w in weights))
+            plan.ok and isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype == dt
+            and x.flags.c_contiguous and x.shape[1] == weights[0].shape[1] and x.shape[0] > 0
         )  # fmt: skip
-        mkl = self._mkl() if direct else None
         m = x.shape[0]
+        nt = threads.get_num_threads()
         inputs = [x]
         for l in range(nl):
             if direct:
-                self._matmul_for(mkl, m * weights[l].size)(inputs[-1], weights[l].T, zs[l])
+                self._matmul(inputs[-1], False, weights[l], True, zs[l], nthreads=nt)
                 self._bias_act(zs[l], biases[l], acts[l], alpha, outs[l], zs[l])
             else:
                 self.linear(inputs[-1], weights[l], biases[l], acts[l], alpha, out=outs[l],
@@ -261,19 +269,18 @@ class NumbaStepMixin(Backend):
                 acts[l], d, x=zs[l], y=outs[l], alpha=alpha, dx_out=d, db_out=bgrads[l]
             )
             if direct:
-                mm = self._matmul_for(mkl, m * weights[l].size)  # all three GEMMs: m*o*i
-                mm(d.T, inputs[l], wgrads[l])
+                self._matmul(d, True, inputs[l], False, wgrads[l], nthreads=nt)
                 if l > 0:
-                    d = mm(d, weights[l], ds[l - 1])
+                    d = self._matmul(d, False, weights[l], False, ds[l - 1], nthreads=nt)
             else:
                 self.gemm(d, inputs[l], trans_a=True, out=wgrads[l])
                 if l > 0:
                     d = self.gemm(d, weights[l], out=ds[l - 1])
         params = [*weights, *biases]
-        if direct:  # every parameter in one compiled call, parallel on MKL (see the docstring)
+        if direct:  # every parameter in one compiled call (see the docstring)
             k = self._k.step
             opt = k.SGD if optimizer == "sgd" else k.ADAM
-            par = mkl is not None and plan.size >= self.parallel_step_update
+            par = plan.size >= self.parallel_step_update and not self._openblas_threads(m, plan)
             fn = k.update_params_parallel if par else k.update_params
             self._run(
                 fn, ("update_params", par, len(params), dt.char), plan.pflat,

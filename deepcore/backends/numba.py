@@ -1,7 +1,8 @@
 """Numba backend: NumPy arrays, hot paths in @njit kernels (deepcore.kernels.numba).
 
 numba is imported only when this backend is instantiated (never by `import deepcore`). GEMMs go
-to the JIT kernel or to BLAS by size (`gemm_impl`); elementwise, loss and optimizer kernels are
+to the JIT kernel or to BLAS, whichever measured faster here (_numba_gemm); elementwise, loss and
+optimizer kernels are
 fused single passes; `fused_mlp_step` runs a small MLP's whole training step in one call.
 """
 
@@ -9,33 +10,19 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, DtypeError
 from . import _mkl
+from ._numba_gemm import NumbaGemmMixin, check_blas
 from ._numba_step import FUSED_STEP_MAX_WORK, NumbaStepMixin
 from ._numba_updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin, adam_scalars
 from .base import ACTIVATIONS, check_activation
 
 __all__ = ["FUSED_STEP_MAX_WORK", "NumbaBackend", "adam_scalars", "probe"]
-
-#: m*n*k at or below which the JIT GEMM beats BLAS through this Python API. Measured with
-#: benchmarks/numba_gemm_threshold.py on the 2-core dev VM: BLAS won at every size (8^3: JIT
-#: 8.8 us vs BLAS 2.0 us, Python dispatch dominates), so "auto" means BLAS; the JIT GEMM runs
-#: inside fused_mlp_step, where there is no per-call dispatch.
-JIT_GEMM_MAX_WORK = 0
-#: m*n*k from which the JIT GEMM runs its parallel variant.
-PARALLEL_GEMM_WORK = 128**3
-#: m*n*k up to which GEMMs stay on NumPy's BLAS when the backend runs on MKL. OpenBLAS runs these
-#: on one thread (no thread pool to wake) and MKL's fixed cost per call is higher here: 32x128x10
-#: 2.2 vs 11.6 us, 64^3 5.1 vs 14.6 us (on MKL the digits MLP of the sklearn comparison was 10-14%
-#: slower).
-MKL_MIN_WORK = 64**3
 
 
 def probe(device: int | None = None) -> tuple[bool, str]:
@@ -49,39 +36,27 @@ def probe(device: int | None = None) -> tuple[bool, str]:
     return True, f"numba {numba.__version__}"
 
 
-def _check_blas(choice: str) -> str:
-    if choice not in ("auto", "mkl", "numpy"):
-        raise ValueError(f"NumbaBackend.blas must be auto, mkl or numpy, not {choice!r}")
-    return choice
+def _kernels(gemm_impl: str, blas: str) -> Any:
+    """The kernel modules (imports numba), after the OpenMP wait policy is chosen."""
+    from . import _numba_env
 
-
-def _np_matmul(a: Any, b: Any, out: Any) -> Any:
-    return np.matmul(a, b, out=out)
-
-
-def _kernels() -> Any:
-    """The kernel modules (imports numba)."""
-    names = ("gemm", "elementwise", "losses", "optimizers", "step", "_config")
+    _numba_env.set_wait_policy(gemm_impl, blas)
+    names = ("gemm", "simd", "elementwise", "losses", "optimizers", "step", "_config")
     mods = {n: importlib.import_module(f"deepcore.kernels.numba.{n}") for n in names}
     return type("Kernels", (), mods)
 
 
-class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
+class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
     """CPU backend: NumPy arrays, Numba-JIT kernels, BLAS where BLAS is faster."""
 
     name = "numba"
     device = "cpu"
     xp = np
-    #: "auto" (by size), "jit" or "blas"; the DEEPCORE_NUMBA_GEMM environment variable sets it.
-    gemm_impl: str = os.environ.get("DEEPCORE_NUMBA_GEMM", "auto")
-    #: The BLAS behind gemm_impl "blas": "auto" (MKL when the optional `mkl` package loads, else
-    #: NumPy's), "mkl" or "numpy"; the DEEPCORE_NUMBA_BLAS environment variable sets it.
-    blas: str = os.environ.get("DEEPCORE_NUMBA_BLAS", "auto")
 
     def __init__(self) -> None:
         super().__init__()
-        _check_blas(self.blas)  # DEEPCORE_NUMBA_BLAS, checked up front (MKL loads on first use)
-        self._k = _kernels()
+        check_blas(self.blas)  # DEEPCORE_NUMBA_BLAS, checked up front (MKL loads on first use)
+        self._k = _kernels(self.gemm_impl, self.blas)
         self._compiled: set[tuple[Any, ...]] = set()
         self._dummies: dict[tuple[str, int], np.ndarray] = {}
 
@@ -114,70 +89,6 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
         )
 
     # ------------------------------------------------------------------ dense
-    def _mkl(self) -> Any:
-        """The MKL wrapper when `blas` selects it, else None (NumPy's matmul)."""
-        choice = _check_blas(self.blas)
-        if choice == "numpy":
-            return None
-        mkl = _mkl.load()
-        if isinstance(mkl, str):
-            if choice == "mkl":
-                raise BackendUnavailableError(f"NumbaBackend.blas is 'mkl' but {mkl}")
-            return None
-        return mkl
-
-    def _matmul_for(self, mkl: Any, work: int) -> Any:
-        """matmul(a, b, out) for a GEMM of m*n*k = work: MKL's above MKL_MIN_WORK, else NumPy's
-        (the public gemm and the layered step choose alike, so their bits agree)."""
-        return mkl.matmul if mkl is not None and work > MKL_MIN_WORK else _np_matmul
-
-    def _use_jit(self, work: int) -> bool:
-        impl = self.gemm_impl
-        if impl not in ("auto", "jit", "blas"):
-            raise ValueError(f"NumbaBackend.gemm_impl must be auto, jit or blas, not {impl!r}")
-        return impl == "jit" or (impl == "auto" and work <= JIT_GEMM_MAX_WORK)
-
-    def gemm(
-        self,
-        a: Any,
-        b: Any,
-        trans_a: bool = False,
-        trans_b: bool = False,
-        alpha: float = 1.0,
-        beta: float = 0.0,
-        out: Any = None,
-    ) -> Any:
-        """out = alpha * op(a) @ op(b) + beta * out: JIT kernel or BLAS, whichever is faster."""
-        m = a.shape[1] if trans_a else a.shape[0]
-        k = a.shape[0] if trans_a else a.shape[1]
-        n = b.shape[0] if trans_b else b.shape[1]
-        ok = a.ndim == 2 and b.ndim == 2 and k == (b.shape[1] if trans_b else b.shape[0])
-        if not ok or a.dtype != b.dtype or k == 0 or not self._use_jit(m * n * k):
-            mkl = self._mkl()  # also checks the `blas` setting
-            if mkl is not None and ok and a.dtype == b.dtype and m * n * k > MKL_MIN_WORK:
-                m, n, out = self._gemm_args(a, b, trans_a, trans_b, beta, out)
-                a2, b2 = (a.T if trans_a else a), (b.T if trans_b else b)
-                if mkl.gemm(a2, b2, out, alpha, beta):
-                    return out
-            return super().gemm(a, b, trans_a, trans_b, alpha, beta, out)
-        if a.dtype.type not in _FLOAT_TYPES:
-            raise DtypeError(f"gemm: deepcore computes in float32 or float64, not {a.dtype}")
-        m, n, out = self._gemm_args(a, b, trans_a, trans_b, beta, out)
-        if not out.flags.c_contiguous:
-            return super().gemm(a, b, trans_a, trans_b, alpha, beta, out)
-        a = np.ascontiguousarray(a)
-        b = np.ascontiguousarray(b)
-        g = self._k.gemm
-        sa, sb = g.packed_sizes(m, n, k)
-        pa = self.scratch("gemm_pack_a", (sa,), a.dtype)
-        pb = self.scratch("gemm_pack_b", (sb,), a.dtype)
-        t = a.dtype.type
-        par = m * n * k >= PARALLEL_GEMM_WORK
-        fn = g.gemm_parallel if par else g.gemm_serial
-        args = (a, b, out, bool(trans_a), bool(trans_b), t(alpha), t(beta), pa, pb)
-        self._run(fn, ("gemm", par, a.dtype.char), *args)
-        return out
-
     def bias_add(self, x: Any, b: Any, out: Any = None) -> Any:
         return self._bias_act(x, b, "identity", 0.0, out, None)
 
@@ -322,10 +233,13 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
 
     # ------------------------------------------------------------------ setup
     def warmup(self, dtypes: Sequence[str] = ("float32",)) -> float:
-        """Compile (or load from the cache) every kernel for `dtypes`; returns the seconds taken."""
+        """Compile (or load from the cache) every kernel for `dtypes`, and settle the JIT-vs-BLAS
+        choice for them (measured once per machine); returns the seconds taken."""
         start = time.perf_counter()
         for name in dtypes:
             _exercise(self, np.dtype(name))
+            if self.gemm_impl == "auto":
+                self.gemm_choices(name)
         return time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
@@ -336,7 +250,8 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin):
             **super().info(),
             "numba": importlib.import_module("numba").__version__,
             "numba_cache": cfg.CACHE_DIR or ("in-tree __pycache__" if cfg.CACHE else "off"),
-            "gemm_impl": self.gemm_impl,
+            "gemm": self.gemm_info(),
+            "simd": f"{self._k.simd.VECTOR_BYTES * 8}-bit vectors",
             "blas": self._blas_info(),
             **threads.threading_info(),
         }
@@ -367,6 +282,7 @@ def _exercise(be: NumbaBackend, dt: np.dtype) -> None:
         try:
             be.gemm_impl = "jit"
             be.gemm(a, a, trans_b=True)
+            be.gemm(a, a[:10], trans_b=True)  # narrow output: row dot products
         finally:
             be.gemm_impl = old
         b = a[0].copy()

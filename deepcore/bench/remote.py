@@ -2,10 +2,11 @@
 
 Why: libraries in one process share process-wide state. Numba's OpenMP pool and PyTorch's load
 the same `libgomp.so.1`, which reads `OMP_WAIT_POLICY` once; deepcore's Numba backend sets it to
-`passive` (see kernels/numba/_config.py), and in-process that made PyTorch's mnist step 1.9x
-slower (4.6 ms instead of 2.4 ms, measured). Here the anchor gets a fresh interpreter and the
-environment the user started with, minus what deepcore injected; the parent still times it in
-turns with the other runners (the child clocks each window itself, so the pipe adds nothing).
+`passive` where its GEMMs run on OpenBLAS (deepcore/backends/_numba_env.py), and in-process that
+made PyTorch's mnist step 1.9x slower (4.6 ms instead of 2.4 ms, measured). Here the anchor
+gets a fresh interpreter and the environment the user started with, minus what deepcore
+injected; the parent still times it in turns with the other runners (the child clocks each
+window itself, so the pipe adds nothing).
 
 Protocol: pickled `(command, args)` tuples on the child's stdin, pickled `("ok", value)` or
 `("error", message)` replies on its stdout (the child's own prints go to stderr). Replies hold
@@ -29,7 +30,7 @@ from .workloads import Workload
 def _child_env() -> dict[str, str]:
     """The environment minus the variables deepcore's Numba backend set for its own pool."""
     env = dict(os.environ)
-    cfg = sys.modules.get("deepcore.kernels.numba._config")
+    cfg = sys.modules.get("deepcore.backends._numba_env")
     for key, value in getattr(cfg, "INJECTED_ENV", {}).items():
         if env.get(key) == value:
             del env[key]

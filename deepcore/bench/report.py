@@ -94,8 +94,9 @@ def footnotes(result: dict[str, Any]) -> list[str]:
         "GFLOP/s = 6 x params x samples/s.",
         f"% gemm: share of the machine's matmul rate at {result['gemm_size']}^3 in this run"
         + (
-            " (NumPy's BLAS; -mkl: MKL, which the numba backend uses; the faster counts)"
-            if any(k.endswith("-mkl") for k in result["gemm_gflops"])
+            " (NumPy's BLAS; -jit: the numba backend's JIT GEMM; -mkl: MKL, which the numba "
+            "backend can use; the fastest counts)"
+            if any(k.endswith(("-mkl", "-jit")) for k in result["gemm_gflops"])
             else " (np.matmul)"
         )
         + f": {gemm} GFLOP/s, the best of {len(samples)} samples (lowest {lo:.1f}), one per row.",

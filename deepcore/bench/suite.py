@@ -188,15 +188,21 @@ def _threads(cfg: BenchConfig, stack: contextlib.ExitStack, log: Log) -> int:
 
 
 def _gemm_rates(cfg: BenchConfig) -> dict[str, float]:
-    """GFLOP/s of an n^3 matmul: NumPy's BLAS, MKL when the numba backend runs on it, cuBLAS."""
+    """GFLOP/s of an n^3 matmul: NumPy's BLAS; when the numba backend is benchmarked, its JIT
+    GEMM and MKL (when it runs on it); cuBLAS. The fastest is the machine's rate."""
     rates = {f"cpu-{d}": gemm_rate(cfg.gemm_size, d) for d in cfg.dtypes}
     if "numba" in cfg.backends:
         from ..backends import get_backend
 
         try:
-            mkl = get_backend("numba")._mkl()
+            be: Any = get_backend("numba")
+            mkl = be._mkl()
         except Exception:  # numba unavailable or misconfigured: its rows say why
-            mkl = None
+            be = mkl = None
+        for d in cfg.dtypes if be is not None else ():
+            rates[f"cpu-{d}-jit"] = gemm_rate(
+                cfg.gemm_size, d, matmul=lambda a, b, out: be._jit_gemm(a, 0, b, 0, out, 1, 0)
+            )
         if mkl is not None:
             for d in cfg.dtypes:
                 rates[f"cpu-{d}-mkl"] = gemm_rate(cfg.gemm_size, d, matmul=mkl.matmul)
@@ -307,6 +313,10 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                     m.runner.close()
             del timed
         gemm_samples.append(_gemm_rates(cfg))
+        if "numba" in cfg.backends and any(r["runner"] == "numba" for r in rows):
+            from ..backends import get_backend
+
+            notes.append(f"numba backend GEMMs: {get_backend('numba').gemm_info()}")
         # The machine's rate is the best of all samples: under load, the least disturbed one.
         gemm = {k: max(g[k] for g in gemm_samples) for k in gemm_samples[0]}
         _relate(rows, gemm)

@@ -8,7 +8,6 @@ kernels compile without a cache and a warning says so.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import os
 import tempfile
 import warnings
@@ -49,35 +48,6 @@ if not CACHE:
         RuntimeWarning,
         stacklevel=2,
     )
-
-#: Numba's OpenMP threads spin after each parallel region by default; on a 2-core machine they
-#: then fight OpenBLAS's threads for the cores (measured: mnist layer-by-layer step 44 ms with
-#: spinning vs 6.4 ms passive, same process shape). Passive unless the user chose a policy.
-#: Read by the OpenMP runtime when it loads (numba's omp pool loads at the first parallel run).
-#: The variables set here, so tools can tell them from the user's (deepcore.bench.remote starts
-#: its anchors without them). Process-wide: an OpenMP runtime loaded later in this process
-#: (PyTorch's shares the same libgomp) waits passively too; see the README.
-INJECTED_ENV: dict[str, str] = {}
-
-
-def _mkl_blas_expected() -> bool:
-    """True when the Numba backend's GEMMs will run on MKL (deepcore.backends._mkl), whose GNU
-    threading layer runs in this same libgomp pool."""
-    if os.environ.get("DEEPCORE_NUMBA_BLAS", "auto") == "numpy":
-        return False
-    try:
-        importlib.metadata.distribution("mkl")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-#: Passive waiting keeps idle OpenMP threads off the cores OpenBLAS's own threads need between
-#: kernels. With MKL as the BLAS the GEMMs and the kernels share libgomp's threads, and passive
-#: waiting would make every GEMM wake them (mnist GEMMs: 3.0 ms passive vs 1.9 ms with
-#: libgomp's default short spin), so the default is kept.
-if "OMP_WAIT_POLICY" not in os.environ and not _mkl_blas_expected():
-    os.environ["OMP_WAIT_POLICY"] = INJECTED_ENV["OMP_WAIT_POLICY"] = "passive"
 
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR is set)
 

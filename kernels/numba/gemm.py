@@ -1,120 +1,399 @@
-"""Dense GEMM: C = alpha * op(A) @ op(B) + beta * C with packed panels and a register-blocked
-micro-kernel (see _micro), parallel over output tiles.
+"""Dense GEMM, C = alpha * op(A) @ op(B) + beta * C, from a register-blocked SIMD micro-kernel.
 
-Packing copies op(A) into MR-row strips and op(B) into NR-column strips, k-major, zero-padded to
-whole strips, so the micro-kernel reads both with unit stride whatever the transposes. Each output
-element is summed over K in one fixed order (KC blocks, in sequence) by one thread: the result does
-not depend on the thread count or the schedule.
+Structure (after GotoBLAS/BLIS, sized for a core with ~48 KiB L1 and >= 1 MiB L2):
+- micro-kernel: an MR x NR block of C in MR*NV vector registers (NR = NV vectors of the host's
+  width: 6 x 64 floats on AVX-512 hosts); each k step is NV loads of B, MR broadcasts of A and
+  MR*NV FMAs;
+- B is packed per (KC x NC_STRIPS*NR) block into NR-wide strips (k-major, zero-padded; op(B) =
+  B.T is transposed in registers, lanes x lanes at a time), so the micro-kernel reads it with
+  unit stride; the block stays in L2. A small B = op(B) may be read in place instead (DIRECT_B);
+- A is read in place: six row offsets and a stride, so op(A) = A or A.T costs nothing (packing
+  A measured no faster here, even at 16 KiB strides);
+- threads own disjoint rectangles of C (a grid chosen per shape, see `choose_grid`), so no two
+  threads write one element and each packs only the B it reads;
+- narrow outputs (op(B) = B.T with n < NR / 2, e.g. 10 classes) run as row dot products.
+
+Every element of C is summed over k in one fixed order (KC blocks in sequence, k ascending in a
+block, one FMA chain) by one thread: results do not depend on the thread count or the grid.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from ._config import GEMM_OPTS
-from ._micro import MR, NR, micro
+from .simd import (
+    VECTOR_BYTES,
+    VECTOR_REGISTERS,
+    host_cpu_id,
+    lanes,
+    lanes_of,
+    vadd,
+    vbroadcast,
+    vfma,
+    vload,
+    vmul,
+    vsplat,
+    vstore,
+    vsum,
+    vtranspose,
+    vzero,
+)
 
-#: K block: an NR-wide strip of B over KC steps (32 KiB in float32) stays in L1.
+#: Rows of the register block (broadcasts of A per k step).
+MR = 6
+#: Vectors per row of the register block: 6 x 4 = 24 accumulators with 32 vector registers,
+#: 6 x 2 = 12 with 16 (AVX2).
+NV = 4 if VECTOR_REGISTERS == 32 else 2
+#: K block: the B micro-panel (KC x NR, 64 KiB) streams from L2; A's strip (MR x KC) stays in L1.
 KC = 256
-#: Rows and columns of C per parallel tile (multiples of MR and NR).
-MC = 64
-NC = 256
+#: NR-wide strips per packed B block: KC x 8 NR (512 KiB) stays in L2.
+NC_STRIPS = 8
+#: `mode` bit of the gemm entry points (the backend chooses it per shape): read op(B) = B in
+#: place instead of packing it. Measured on the mnist GEMMs (B <= 1 MiB): 0-10% faster; on the
+#: wide ones (B of 4-64 MiB, rows 16 KiB apart): 10-15% slower.
+DIRECT_B = 1
+#: Thread-grid cost of packing one element of B, in units of one micro-kernel k step.
+_PACK_COST = 1.0 / 12.0
 
 
-def packed_sizes(m: int, n: int, k: int) -> tuple[int, int]:
-    """Lengths of the packed A and B buffers for an (m x k) @ (k x n) product."""
-    return -(-m // MR) * MR * k, -(-n // NR) * NR * k
+def kernel_id() -> str:
+    """What decides this kernel's machine code and speed: the target CPU and the blocking."""
+    return f"{host_cpu_id()} vec{VECTOR_BYTES} mr{MR} nv{NV} kc{KC} nc{NC_STRIPS}"
 
 
-@njit(**GEMM_OPTS)
-def pack_a_strip(a, trans_a, s, m, k, pa):
-    """Strip s of op(A) (rows s*MR..) into pa[s*MR*k:], layout [p][i], zero-padded rows."""
-    base = s * MR * k
-    i0 = s * MR
-    rows = min(MR, m - i0)
-    z = 0
-    if trans_a:
-        for p in range(k):
-            o = base + p * MR
-            for i in range(rows):
-                pa[o + i] = a[p, i0 + i]
-            for i in range(rows, MR):
-                pa[o + i] = z
-    else:
-        for p in range(k):
-            o = base + p * MR
-            for i in range(rows, MR):
-                pa[o + i] = z
-        for i in range(rows):
-            for p in range(k):
-                pa[base + p * MR + i] = a[i0 + i, p]
+def nr_of(dtype) -> int:  # type: ignore[no-untyped-def]
+    """Columns of the register block for `dtype` on this host."""
+    return NV * lanes_of(np.dtype(dtype))
+
+
+def workspace_size(dtype) -> int:  # type: ignore[no-untyped-def]
+    """Elements of one thread's workspace row: the packed B block and an edge tile."""
+    nr = nr_of(dtype)
+    return KC * NC_STRIPS * nr + MR * nr
 
 
 @njit(**GEMM_OPTS)
-def pack_b_strip(b, trans_b, t, n, k, pb):
-    """Strip t of op(B) (columns t*NR..) into pb[t*NR*k:], layout [p][j], zero-padded columns."""
-    base = t * NR * k
-    j0 = t * NR
-    cols = min(NR, n - j0)
-    z = 0
-    if trans_b:
-        for p in range(k):
-            o = base + p * NR
-            for j in range(cols, NR):
-                pb[o + j] = z
-        for j in range(cols):
-            for p in range(k):
-                pb[base + p * NR + j] = b[j0 + j, p]
-    else:
-        for p in range(k):
-            o = base + p * NR
-            for j in range(cols):
-                pb[o + j] = b[p, j0 + j]
-            for j in range(cols, NR):
-                pb[o + j] = z
+def _store(c, co, ldc, r, x0, x1, x2, x3, nv, first, va, vb, zero_beta, L):
+    """Row r of a full tile: c[co + r*ldc : ... + nv*L] (=|+=) alpha * x (+ beta * c)."""
+    o = co + r * ldc
+    x0 = vmul(va, x0)
+    x1 = vmul(va, x1)
+    if nv == 4:
+        x2 = vmul(va, x2)
+        x3 = vmul(va, x3)
+    if not first:
+        x0 = vadd(vload(c, o), x0)
+        x1 = vadd(vload(c, o + L), x1)
+        if nv == 4:
+            x2 = vadd(vload(c, o + 2 * L), x2)
+            x3 = vadd(vload(c, o + 3 * L), x3)
+    elif not zero_beta:
+        x0 = vadd(vmul(vb, vload(c, o)), x0)
+        x1 = vadd(vmul(vb, vload(c, o + L)), x1)
+        if nv == 4:
+            x2 = vadd(vmul(vb, vload(c, o + 2 * L)), x2)
+            x3 = vadd(vmul(vb, vload(c, o + 3 * L)), x3)
+    vstore(c, o, x0)
+    vstore(c, o + L, x1)
+    if nv == 4:
+        vstore(c, o + 2 * L, x2)
+        vstore(c, o + 3 * L, x3)
 
 
 @njit(**GEMM_OPTS)
-def compute_tile(pa, pb, c, k, alpha, beta, i_lo, i_hi, j_lo, j_hi):
-    """C[i_lo:i_hi, j_lo:j_hi] from packed panels; i_lo, j_lo are multiples of MR, NR."""
-    for pc in range(0, k, KC):
-        kc = min(KC, k - pc)
-        first = pc == 0
-        for j0 in range(j_lo, j_hi, NR):
-            bo = (j0 // NR) * NR * k + pc * NR
-            nr = min(NR, j_hi - j0)
-            for i0 in range(i_lo, i_hi, MR):
-                ao = (i0 // MR) * MR * k + pc * MR
-                micro(pa, ao, pb, bo, kc, c, i0, j0, min(MR, i_hi - i0), nr, alpha, beta, first)
+def _store_edge(c, co, ldc, mr, nr, tmp, first, alpha, beta):
+    """The mr x nr corner of a tile from tmp (MR x NR, row-major); same maths as _store."""
+    nrf = tmp.shape[0] // MR
+    for r in range(mr):
+        t = tmp[r * nrf : r * nrf + nr]
+        cr = c[co + r * ldc : co + r * ldc + nr]
+        if not first:
+            for j in range(nr):
+                cr[j] = cr[j] + alpha * t[j]
+        elif beta == 0:
+            for j in range(nr):
+                cr[j] = alpha * t[j]
+        else:
+            for j in range(nr):
+                cr[j] = beta * cr[j] + alpha * t[j]
 
 
 @njit(**GEMM_OPTS)
-def gemm_serial(a, b, c, trans_a, trans_b, alpha, beta, pa, pb):
-    """One-thread GEMM (small shapes: no parallel-region start-up). k >= 1."""
+def micro(a, a0, a1, a2, a3, a4, a5, aps, b, bo, bps, kc, c, co, ldc, mr, nr, first, alpha, beta,
+          tmp):  # fmt: skip
+    """C[tile] (=|+=) alpha * sum_p A[r, p] * B[p, :] over kc steps (+ beta * C on the first
+    K block). A[r, p] is a[a_r + p*aps]; B[p, :] is b[bo + p*bps :] (bps = NR: a packed strip);
+    the tile's row r starts at c[co + r*ldc]. Rows >= mr and columns >= nr are computed, not
+    stored (A's rows >= mr repeat row mr-1, so nothing is read out of bounds)."""
+    L = lanes(b)
+    nr_full = NV * L
+    z = vzero(b)
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = c20 = c21 = c22 = c23 = z
+    c30 = c31 = c32 = c33 = c40 = c41 = c42 = c43 = c50 = c51 = c52 = c53 = z
+    for p in range(kc):
+        o = bo + p * bps
+        q = p * aps
+        b0 = vload(b, o)
+        b1 = vload(b, o + L)
+        if NV == 4:
+            b2 = vload(b, o + 2 * L)
+            b3 = vload(b, o + 3 * L)
+        x = vbroadcast(a, a0 + q)
+        c00 = vfma(x, b0, c00)
+        c01 = vfma(x, b1, c01)
+        if NV == 4:
+            c02 = vfma(x, b2, c02)
+            c03 = vfma(x, b3, c03)
+        x = vbroadcast(a, a1 + q)
+        c10 = vfma(x, b0, c10)
+        c11 = vfma(x, b1, c11)
+        if NV == 4:
+            c12 = vfma(x, b2, c12)
+            c13 = vfma(x, b3, c13)
+        x = vbroadcast(a, a2 + q)
+        c20 = vfma(x, b0, c20)
+        c21 = vfma(x, b1, c21)
+        if NV == 4:
+            c22 = vfma(x, b2, c22)
+            c23 = vfma(x, b3, c23)
+        x = vbroadcast(a, a3 + q)
+        c30 = vfma(x, b0, c30)
+        c31 = vfma(x, b1, c31)
+        if NV == 4:
+            c32 = vfma(x, b2, c32)
+            c33 = vfma(x, b3, c33)
+        x = vbroadcast(a, a4 + q)
+        c40 = vfma(x, b0, c40)
+        c41 = vfma(x, b1, c41)
+        if NV == 4:
+            c42 = vfma(x, b2, c42)
+            c43 = vfma(x, b3, c43)
+        x = vbroadcast(a, a5 + q)
+        c50 = vfma(x, b0, c50)
+        c51 = vfma(x, b1, c51)
+        if NV == 4:
+            c52 = vfma(x, b2, c52)
+            c53 = vfma(x, b3, c53)
+    if mr == MR and nr == nr_full:
+        va = vsplat(b, alpha)
+        vb = vsplat(b, beta)
+        zb = beta == 0
+        _store(c, co, ldc, 0, c00, c01, c02, c03, NV, first, va, vb, zb, L)
+        _store(c, co, ldc, 1, c10, c11, c12, c13, NV, first, va, vb, zb, L)
+        _store(c, co, ldc, 2, c20, c21, c22, c23, NV, first, va, vb, zb, L)
+        _store(c, co, ldc, 3, c30, c31, c32, c33, NV, first, va, vb, zb, L)
+        _store(c, co, ldc, 4, c40, c41, c42, c43, NV, first, va, vb, zb, L)
+        _store(c, co, ldc, 5, c50, c51, c52, c53, NV, first, va, vb, zb, L)
+        return
+    one = vsplat(b, 1)  # spill the block to tmp unscaled, then store its mr x nr corner
+    _store(tmp, 0, nr_full, 0, c00, c01, c02, c03, NV, True, one, one, True, L)
+    _store(tmp, 0, nr_full, 1, c10, c11, c12, c13, NV, True, one, one, True, L)
+    _store(tmp, 0, nr_full, 2, c20, c21, c22, c23, NV, True, one, one, True, L)
+    _store(tmp, 0, nr_full, 3, c30, c31, c32, c33, NV, True, one, one, True, L)
+    _store(tmp, 0, nr_full, 4, c40, c41, c42, c43, NV, True, one, one, True, L)
+    _store(tmp, 0, nr_full, 5, c50, c51, c52, c53, NV, True, one, one, True, L)
+    _store_edge(c, co, ldc, mr, nr, tmp, first, alpha, beta)
+
+
+@njit(**GEMM_OPTS)
+def pack_b(b, ldb, tb, p0, kc, j0, nc, pb):
+    """op(B)[p0:p0+kc, j0:j0+nc] -> pb as NR-wide strips [strip][p][0:NR], zero-padded.
+
+    op(B)[p, j] is b[p*ldb + j] (tb False: rows copied by vectors) or b[j*ldb + p] (tb True: a
+    transpose, lanes x lanes blocks through registers; measured 0.4 cycles per element, a
+    plain copy's speed, against 2 for element-by-element copies).
+    """
+    L = lanes(pb)
+    nr = NV * L
+    z = pb.dtype.type(0)
+    for s in range(-(-nc // nr)):
+        base = s * nr * kc
+        c0 = j0 + s * nr
+        cols = min(nr, j0 + nc - c0)
+        if not tb:
+            for p in range(kc):
+                src = (p0 + p) * ldb + c0
+                dst = base + p * nr
+                if cols == nr:
+                    for v in range(NV):
+                        vstore(pb, dst + v * L, vload(b, src + v * L))
+                else:
+                    for j in range(cols):
+                        pb[dst + j] = b[src + j]
+                    for j in range(cols, nr):
+                        pb[dst + j] = z
+            continue
+        kl = kc - kc % L
+        cl = cols - cols % L
+        for g in range(0, cl, L):  # L x L blocks transposed in registers
+            s0 = (c0 + g) * ldb + p0
+            for q in range(0, kl, L):
+                vtranspose(b, s0 + q, ldb, pb, base + q * nr + g, nr)
+            for i in range(L):  # the K tail
+                for p in range(kl, kc):
+                    pb[base + p * nr + g + i] = b[s0 + i * ldb + p]
+        for j in range(cl, nr):  # the last columns, then zero padding
+            if j < cols:
+                s0 = (c0 + j) * ldb + p0
+                for p in range(kc):
+                    pb[base + p * nr + j] = b[s0 + p]
+            else:
+                for p in range(kc):
+                    pb[base + p * nr + j] = z
+
+
+@njit(**GEMM_OPTS)
+def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode):
+    """C[i_lo:i_hi, j_lo:j_hi] of C = alpha * op(a) @ op(b) + beta * C on one thread.
+
+    a, b, c are flat views of C-contiguous matrices (c is m x n); ws is this thread's workspace
+    (workspace_size elements). k >= 1.
+    """
     m, n = c.shape
-    k = a.shape[0] if trans_a else a.shape[1]
-    for s in range(-(-m // MR)):
-        pack_a_strip(a, trans_a, s, m, k, pa)
-    for t in range(-(-n // NR)):
-        pack_b_strip(b, trans_b, t, n, k, pb)
-    compute_tile(pa, pb, c, k, alpha, beta, 0, m, 0, n)
+    k = a.shape[0] if ta else a.shape[1]
+    lda = a.shape[1]
+    ldb = b.shape[1]
+    af = a.reshape(-1)
+    bf = b.reshape(-1)
+    cf = c.reshape(-1)
+    L = lanes(ws)
+    nr = NV * L
+    ncols = NC_STRIPS * nr
+    pb = ws[: KC * ncols]
+    tmp = ws[KC * ncols : KC * ncols + MR * nr]
+    direct = not tb and (mode & DIRECT_B) != 0  # B read in place (no packing) but a partial strip
+    nkb = -(-k // KC)
+    kcs = -(-k // nkb)  # equal K blocks: no short tail block
+    for jc in range(j_lo, j_hi, ncols):
+        nc = min(ncols, j_hi - jc)
+        for kb in range(nkb):
+            p0 = kb * kcs
+            kc = min(kcs, k - p0)
+            first = kb == 0
+            if direct:  # only a partial last strip needs packing
+                full = nc - nc % nr
+                if full < nc:
+                    pack_b(bf, ldb, tb, p0, kc, jc + full, nc - full, pb[full * kc :])
+            else:
+                pack_b(bf, ldb, tb, p0, kc, jc, nc, pb)
+            for i0 in range(i_lo, i_hi, MR):
+                mr = min(MR, i_hi - i0)
+                if ta:
+                    src, aps = af, lda
+                    o = p0 * lda + i0
+                    o0, o1, o2 = o, o + min(1, mr - 1), o + min(2, mr - 1)
+                    o3, o4, o5 = o + min(3, mr - 1), o + min(4, mr - 1), o + min(5, mr - 1)
+                else:
+                    src, aps = af, 1
+                    o = i0 * lda + p0
+                    o0, o1, o2 = o, o + min(1, mr - 1) * lda, o + min(2, mr - 1) * lda
+                    o3, o4 = o + min(3, mr - 1) * lda, o + min(4, mr - 1) * lda
+                    o5 = o + min(5, mr - 1) * lda
+                for s in range(-(-nc // nr)):
+                    j0 = jc + s * nr
+                    w = min(nr, jc + nc - j0)
+                    if direct and w == nr:
+                        bsrc, bo, bps = bf, p0 * ldb + j0, ldb
+                    else:
+                        bsrc, bo, bps = pb, s * nr * kc, nr
+                    micro(src, o0, o1, o2, o3, o4, o5, aps, bsrc, bo, bps, kc, cf, i0 * n + j0, n,
+                          mr, w, first, alpha, beta, tmp)  # fmt: skip
+
+
+def choose_grid(m: int, n: int, k: int, nthreads: int, nr: int) -> tuple[int, int]:
+    """(threads along M, threads along N) for this shape: the split with the least estimated
+    per-thread time, counting micro-kernel k steps and the B elements each thread packs."""
+    best = (nthreads, 1)
+    best_cost = -1.0
+    si = -(-m // MR)
+    sj = -(-n // nr)
+    for tm in range(1, nthreads + 1):
+        if nthreads % tm:
+            continue
+        tn = nthreads // tm
+        rows = -(-si // tm)
+        strips = -(-sj // tn)
+        cost = rows * strips * k + _PACK_COST * k * min(n, strips * nr)
+        if best_cost < 0 or cost < best_cost:
+            best, best_cost = (tm, tn), cost
+    return best
 
 
 @njit(parallel=True, **GEMM_OPTS)
-def gemm_parallel(a, b, c, trans_a, trans_b, alpha, beta, pa, pb):
-    """GEMM parallel over packing strips, then over MC x NC output tiles. k >= 1."""
+def gemm_parallel(a, ta, b, tb, c, alpha, beta, ws, tm, tn, mode):
+    """gemm_block over a tm x tn grid of C's MR- and NR-aligned rectangles, one per thread."""
     m, n = c.shape
-    k = a.shape[0] if trans_a else a.shape[1]
-    sa = -(-m // MR)
-    sb = -(-n // NR)
-    for s in prange(sa + sb):
-        if s < sa:
-            pack_a_strip(a, trans_a, s, m, k, pa)
-        else:
-            pack_b_strip(b, trans_b, s - sa, n, k, pb)
-    ti = -(-m // MC)
-    tj = -(-n // NC)
-    for t in prange(ti * tj):
-        i_lo = (t // tj) * MC
-        j_lo = (t % tj) * NC
-        compute_tile(pa, pb, c, k, alpha, beta, i_lo, min(m, i_lo + MC), j_lo, min(n, j_lo + NC))
+    nr = NV * lanes(ws)
+    si = -(-m // MR)
+    sj = -(-n // nr)
+    rows = -(-si // tm) * MR
+    cols = -(-sj // tn) * nr
+    for t in prange(tm * tn):
+        i_lo = (t // tn) * rows
+        j_lo = (t % tn) * cols
+        i_hi = min(m, i_lo + rows)
+        j_hi = min(n, j_lo + cols)
+        if i_lo < i_hi and j_lo < j_hi:
+            gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws[t], mode)
+
+
+@njit(**GEMM_OPTS)
+def dot_rows(a, b, c, alpha, beta, i_lo, i_hi):
+    """c[i, j] = alpha * dot(a[i], b[j]) (+ beta * c[i, j]) for rows i_lo:i_hi: op(B) = b.T with
+    few columns (n < NR / 2, e.g. 10 classes), where the register block would compute mostly
+    padding. Each dot keeps one vector of partial sums (k mod lanes), added as a fixed tree,
+    then the k tail: a fixed order, independent of threads."""
+    n, k = b.shape
+    L = lanes(b)
+    kl = k - k % L
+    af = a.reshape(-1)
+    bf = b.reshape(-1)
+    z = vzero(b)
+    for i in range(i_lo, i_hi):
+        ar = i * k
+        j = 0
+        while j < n:
+            w = min(4, n - j)  # up to four dots share each load of a's row
+            b0 = j * k
+            b1 = (j + min(1, w - 1)) * k
+            b2 = (j + min(2, w - 1)) * k
+            b3 = (j + min(3, w - 1)) * k
+            s0 = s1 = s2 = s3 = z
+            for p in range(0, kl, L):
+                x = vload(af, ar + p)
+                s0 = vfma(x, vload(bf, b0 + p), s0)
+                s1 = vfma(x, vload(bf, b1 + p), s1)
+                s2 = vfma(x, vload(bf, b2 + p), s2)
+                s3 = vfma(x, vload(bf, b3 + p), s3)
+            t0, t1, t2, t3 = vsum(s0), vsum(s1), vsum(s2), vsum(s3)
+            for p in range(kl, k):
+                x = af[ar + p]
+                t0 += x * bf[b0 + p]
+                t1 += x * bf[b1 + p]
+                t2 += x * bf[b2 + p]
+                t3 += x * bf[b3 + p]
+            for q, t in enumerate((t0, t1, t2, t3)):
+                if q < w:
+                    if beta == 0:
+                        c[i, j + q] = alpha * t
+                    else:
+                        c[i, j + q] = beta * c[i, j + q] + alpha * t
+            j += w
+
+
+@njit(parallel=True, **GEMM_OPTS)
+def dot_rows_parallel(a, b, c, alpha, beta, nthreads):
+    """dot_rows over nthreads contiguous row ranges."""
+    m = c.shape[0]
+    per = -(-m // nthreads)
+    for t in prange(nthreads):
+        dot_rows(a, b, c, alpha, beta, t * per, min(m, (t + 1) * per))
+
+
+@njit(**GEMM_OPTS)
+def gemm_serial(a, ta, b, tb, c, alpha, beta, ws, mode):
+    """The whole of C on this thread."""
+    m, n = c.shape
+    gemm_block(a, ta, b, tb, c, alpha, beta, 0, m, 0, n, ws[0], mode)

@@ -1,0 +1,267 @@
+"""The Numba backend's GEMMs (a mixin of NumbaBackend, split from numba.py for size).
+
+Each GEMM runs on the JIT kernel (deepcore.kernels.numba.gemm) or on BLAS (MKL when the optional
+`mkl` package is installed and selected, else NumPy's), whichever `_gemm_choice` measured faster
+on this machine for the GEMM's size class. The kernel's variant (one thread, a thread grid, or
+row dot products for narrow outputs) is planned once per shape and thread count.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, DtypeError
+from . import _gemm_choice, _mkl
+from .base import Backend
+
+#: m*n*k up to which GEMMs stay on NumPy's BLAS when BLAS runs on MKL: OpenBLAS runs these on
+#: one thread and MKL's fixed cost per call is higher (32x128x10: 2.2 vs 11.6 us; 64^3: 5.1 vs
+#: 14.6 us on the Xeon dev VM).
+MKL_MIN_WORK = 64**3
+#: m*n*k from which the JIT kernel runs on all threads (measured, 2 cores: one thread 3.7 vs
+#: 3.9 us at 64^3, 17.5 vs 10.5 us at 96^3).
+PARALLEL_GEMM_WORK = 80**3
+#: op(B) = B is read in place, not packed, when B has at most this many bytes (see gemm.DIRECT_B).
+DIRECT_B_BYTES = 1 << 20
+_SERIAL, _PARALLEL, _DOT, _DOT_PARALLEL = range(4)
+
+
+def check_blas(choice: str) -> str:
+    if choice not in ("auto", "mkl", "numpy"):
+        raise ValueError(f"NumbaBackend.blas must be auto, mkl or numpy, not {choice!r}")
+    return choice
+
+
+class NumbaGemmMixin(Backend):
+    """gemm and the backend-internal `_matmul` for NumbaBackend (needs its `_k` kernels)."""
+
+    _k: Any
+    #: "auto" (the faster of the JIT kernel and BLAS, measured per size class), "jit" or "blas";
+    #: the DEEPCORE_NUMBA_GEMM environment variable sets it.
+    gemm_impl: str = os.environ.get("DEEPCORE_NUMBA_GEMM", "auto")
+    #: The BLAS: "auto" (MKL when the optional `mkl` package loads, else NumPy's), "mkl" or
+    #: "numpy"; the DEEPCORE_NUMBA_BLAS environment variable sets it.
+    blas: str = os.environ.get("DEEPCORE_NUMBA_BLAS", "auto")
+
+    # ------------------------------------------------------------------ which GEMM
+    def _mkl(self) -> Any:
+        """The MKL wrapper when `blas` selects it, else None (NumPy's matmul)."""
+        choice = check_blas(self.blas)
+        if choice == "numpy":
+            return None
+        mkl = _mkl.load()
+        if isinstance(mkl, str):
+            if choice == "mkl":
+                raise BackendUnavailableError(f"NumbaBackend.blas is 'mkl' but {mkl}")
+            return None
+        return mkl
+
+    def _blas_name(self) -> str:
+        mkl = self._mkl()
+        if mkl is not None:
+            return f"{mkl.version} (numpy's BLAS up to 64^3)"
+        try:
+            from threadpoolctl import threadpool_info
+        except ImportError:
+            return "numpy's BLAS"
+        pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        if not pools:
+            return "numpy's BLAS"
+        p = pools[0]
+        return f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')}"
+
+    def _gemm_key(self, dt: np.dtype, nthreads: int | None = None) -> tuple[str, Any, int]:
+        from .. import threads
+
+        n = threads.get_num_threads() if nthreads is None else nthreads
+        return (dt.char, check_blas(self.blas), n)
+
+    def gemm_choices(self, dtype: Any = "float32", measure: bool = True) -> dict[str, Any] | None:
+        """{'small': Choice, 'large': Choice} for dtype at the current thread count and BLAS:
+        from memory, else from the choice file, else measured now and saved (None if `measure`
+        is False and nothing is known yet)."""
+        dt = np.dtype(dtype)
+        mem = self.__dict__.setdefault("_choices", {})
+        key = self._gemm_key(dt)
+        found = mem.get(key)
+        if found is not None:
+            return found
+        from .. import threads
+        from ..bench.machine import cpu_model
+
+        version = importlib.metadata.version("deepcore")
+        file_key = _gemm_choice.machine_key(
+            cpu_model(),
+            self._k.gemm.kernel_id(),
+            self._blas_name(),
+            threads.get_num_threads(),
+            dt.name,
+            version,
+        )
+        path = _gemm_choice.cache_path()
+        found = _gemm_choice.load(path, file_key)
+        if found is None:
+            if not measure:
+                return None
+            found = self._measure_gemm(dt)
+            _gemm_choice.save(path, file_key, found)
+        mem[key] = found
+        return found
+
+    def _measure_gemm(self, dt: np.dtype) -> dict[str, Any]:
+        rng = np.random.default_rng(0)
+        out: dict[str, Any] = {}
+        for cls, (m, n, k) in _gemm_choice.PROBES.items():
+            a = rng.standard_normal((m, k)).astype(dt)
+            b = rng.standard_normal((k, n)).astype(dt)
+            c1, c2 = np.empty((m, n), dt), np.empty((m, n), dt)
+            out[cls] = _gemm_choice.measure(
+                lambda a=a, b=b, c=c1: self._jit_gemm(a, False, b, False, c, 1.0, 0.0),
+                lambda a=a, b=b, c=c2: self._blas_gemm(a, False, b, False, c, 1.0, 0.0),
+                m * n * k,
+            )
+        return out
+
+    def _use_jit(self, work: int, dt: np.dtype, nthreads: int | None = None) -> bool:
+        impl = self.gemm_impl
+        if impl == "jit":
+            return True
+        if impl == "blas":
+            return False
+        if impl != "auto":
+            raise ValueError(f"NumbaBackend.gemm_impl must be auto, jit or blas, not {impl!r}")
+        mem = self.__dict__.get("_choices")
+        choices = mem.get(self._gemm_key(dt, nthreads)) if mem else None
+        if choices is None:
+            choices = self.gemm_choices(dt)
+        return bool(choices[_gemm_choice.size_class(work)].jit)
+
+    # ------------------------------------------------------------------ the two GEMMs
+    def _jit_plan(self, m: int, n: int, k: int, ta: bool, tb: bool, dt: np.dtype,
+                  nthreads: int) -> tuple:  # fmt: skip
+        """(variant, threads along M, threads along N, mode) for this shape (cached)."""
+        key = (m, n, k, ta, tb, dt.char, nthreads)
+        plans = self.__dict__.setdefault("_jit_plans", {})
+        plan = plans.get(key)
+        if plan is None:
+            g = self._k.gemm
+            nr = g.nr_of(dt)
+            par = nthreads > 1 and m * n * k >= PARALLEL_GEMM_WORK
+            if tb and not ta and 2 * n < nr:  # narrow output (e.g. 10 classes): row dots
+                plan = (_DOT_PARALLEL if par else _DOT, nthreads, 1, 0)
+            else:
+                tm, tn = g.choose_grid(m, n, k, nthreads, nr) if par else (1, 1)
+                direct = not tb and k * n * dt.itemsize <= DIRECT_B_BYTES
+                plan = (_PARALLEL if par else _SERIAL, tm, tn, g.DIRECT_B if direct else 0)
+            plans[key] = plan
+        return plan
+
+    def _jit_gemm(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, alpha: float,
+                  beta: float, nthreads: int | None = None) -> Any:  # fmt: skip
+        """out = alpha * op(a) @ op(b) + beta * out on the JIT kernel (out C-contiguous, not
+        overlapping a or b; k >= 1)."""
+        from .. import threads
+
+        m, n = out.shape
+        k = a.shape[0] if ta else a.shape[1]
+        dt = out.dtype
+        nt = threads.get_num_threads() if nthreads is None else nthreads
+        variant, tm, tn, mode = self._jit_plan(m, n, k, ta, tb, dt, nt)
+        a = np.ascontiguousarray(a)
+        b = np.ascontiguousarray(b)
+        t = dt.type
+        g = self._k.gemm
+        if variant == _DOT:
+            g.dot_rows(a, b, out, t(alpha), t(beta), 0, m)
+        elif variant == _DOT_PARALLEL:
+            g.dot_rows_parallel(a, b, out, t(alpha), t(beta), tm)
+        else:
+            ws = self.scratch("gemm_ws", (tm * tn, g.workspace_size(dt)), dt)
+            if variant == _SERIAL:
+                g.gemm_serial(a, ta, b, tb, out, t(alpha), t(beta), ws, mode)
+            else:
+                g.gemm_parallel(a, ta, b, tb, out, t(alpha), t(beta), ws, tm, tn, mode)
+        return out
+
+    def _blas_gemm(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, alpha: float,
+                   beta: float) -> Any:  # fmt: skip
+        """The same on BLAS: MKL above MKL_MIN_WORK when selected, else NumPy's matmul."""
+        a2, b2 = (a.T if ta else a), (b.T if tb else b)
+        m, n = out.shape
+        mkl = self._mkl()
+        if (
+            mkl is not None
+            and m * n * a2.shape[1] > MKL_MIN_WORK
+            and mkl.gemm(a2, b2, out, alpha, beta)
+        ):
+            return out  # fmt: skip
+        if alpha == 1.0 and beta == 0.0:
+            return np.matmul(a2, b2, out=out)
+        return Backend.gemm(self, a, b, ta, tb, alpha, beta, out)
+
+    def _matmul(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, alpha: float = 1.0,
+                beta: float = 0.0, nthreads: int | None = None) -> Any:  # fmt: skip
+        """out = alpha * op(a) @ op(b) + beta * out on the faster GEMM for its size. For checked
+        operands: 2-D, one float dtype, matching shapes, k >= 1, out C-contiguous and apart.
+        `nthreads`: the current thread count, when the caller has it (saves a query)."""
+        from .. import threads
+
+        m, n = out.shape
+        work = m * n * (a.shape[0] if ta else a.shape[1])
+        nt = threads.get_num_threads() if nthreads is None else nthreads
+        if self._use_jit(work, out.dtype, nt):
+            return self._jit_gemm(a, ta, b, tb, out, alpha, beta, nt)
+        return self._blas_gemm(a, ta, b, tb, out, alpha, beta)
+
+    def gemm(
+        self,
+        a: Any,
+        b: Any,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+        out: Any = None,
+    ) -> Any:
+        """out = alpha * op(a) @ op(b) + beta * out on the JIT kernel or BLAS, whichever this
+        machine runs faster at this size (`gemm_impl` forces one)."""
+        m, n, out = self._gemm_args(a, b, trans_a, trans_b, beta, out)
+        k = a.shape[0] if trans_a else a.shape[1]
+        ok = (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and isinstance(out, np.ndarray)
+            and a.dtype == b.dtype == out.dtype
+            and out.flags.c_contiguous
+            and k > 0
+            and not np.may_share_memory(out, a)
+            and not np.may_share_memory(out, b)
+        )
+        if not ok or m == 0 or n == 0:
+            return super().gemm(a, b, trans_a, trans_b, alpha, beta, out)
+        if a.dtype.type not in (np.float32, np.float64):
+            raise DtypeError(f"gemm: deepcore computes in float32 or float64, not {a.dtype}")
+        return self._matmul(a, bool(trans_a), b, bool(trans_b), out, alpha, beta)
+
+    def gemm_info(self) -> str:
+        """One line for `deepcore info`: the GEMM setting and, where measured, the choices."""
+        if self.gemm_impl != "auto":
+            return f"{self.gemm_impl} (forced)"
+        parts = []
+        for name in ("float32", "float64"):
+            try:
+                ch = self.gemm_choices(name, measure=False)
+            except (ValueError, RuntimeError) as exc:
+                return f"auto (error: {exc})"
+            if ch is not None:
+                parts.append(
+                    f"{name}: small {ch['small'].describe()}, large {ch['large'].describe()}"
+                )
+        where = _gemm_choice.cache_path() or "not saved: no writable cache directory"
+        if not parts:
+            return f"auto (jit or blas, measured on first use; kept in {where})"
+        return f"auto; {'; '.join(parts)}; kept in {where}"
