@@ -1,8 +1,8 @@
 """Whole training steps per workload: PyTorch (same threads, in its own process), the NumPy
-backend, the Numba backend layer by layer and fused, and the step's BLAS GEMMs alone (the floor
-of any BLAS-based step), interleaved in one run; prints medians and ratios. With MKL installed
-(deepcore[mkl]) the Numba backend's BLAS is MKL: its step on NumPy's BLAS and MKL's GEMM floor
-are added.
+backend, the Numba backend (its `auto` GEMM choice, layer by layer and fused; and with every
+GEMM forced onto NumPy's BLAS), and the step's eight GEMMs alone on the JIT kernel and on BLAS
+(the floor of any step built on that GEMM), interleaved in one run; prints medians and ratios.
+With MKL installed (deepcore[mkl]) the step on MKL and MKL's GEMM floor are added.
 
 Run: python benchmarks/numba_steps.py [--workloads small,mnist,wide] [--optimizer sgd]
          [--threads 2] [--rounds 15] [--alloc]
@@ -37,8 +37,11 @@ class NumbaStep:
     """fused_mlp_step called directly with preallocated grads and momentum/Adam state."""
 
     def __init__(self, be: Any, w: Any, optimizer: str, dtype: str, state: Any, lr: float,
-                 path: str, blas: str = "auto") -> None:  # fmt: skip
-        self.be, self.path, self.optimizer, self.lr, self.blas = be, path, optimizer, lr, blas
+                 path: str, blas: str = "") -> None:  # fmt: skip
+        """blas "" keeps the backend's GEMM choice; "numpy" or "mkl" forces BLAS GEMMs."""
+        self.be, self.path, self.optimizer, self.lr = be, path, optimizer, lr
+        self.gemm_impl = "blas" if blas else be.gemm_impl
+        self.blas = blas or be.blas
         idx = _layers(state)
         self.W = [np.array(state[f"{i}.weight"], dtype=dtype) for i in idx]
         self.b = [np.array(state[f"{i}.bias"], dtype=dtype) for i in idx]
@@ -49,7 +52,7 @@ class NumbaStep:
         nstate = 1 if optimizer == "sgd" else 2
         self.state = tuple([np.zeros_like(p) for p in params] for _ in range(nstate))
         self.t = 0
-        self.name = f"numba-{path}" + ("" if blas == "auto" else f"-{blas}")
+        self.name = f"numba-{path}" + (f"-{blas}" if blas else "")
 
     def put(self, x: np.ndarray, y: np.ndarray) -> Any:
         return x, y
@@ -57,8 +60,8 @@ class NumbaStep:
     def step(self, batch: Any) -> Any:
         x, y = batch
         be = self.be
-        old, old_blas = be.step_path, be.blas
-        be.step_path, be.blas = self.path, self.blas
+        old = be.step_path, be.blas, be.gemm_impl
+        be.step_path, be.blas, be.gemm_impl = self.path, self.blas, self.gemm_impl
         self.t += 1
         try:
             if self.optimizer == "sgd":
@@ -71,19 +74,18 @@ class NumbaStep:
                 step=self.t, state=self.state,
             )  # fmt: skip
         finally:
-            be.step_path, be.blas = old, old_blas
+            be.step_path, be.blas, be.gemm_impl = old
 
     def loss_step(self, batch: Any) -> float:
         return float(self.step(batch))
 
 
 class GemmFloor:
-    """Only the step's BLAS GEMMs (forward x @ W.T, backward d.T @ a and d @ W), same shapes,
-    preallocated outputs: a lower bound on any training step built on this BLAS."""
+    """Only the step's GEMMs (forward x @ W.T, backward d.T @ a and d @ W), same shapes,
+    preallocated outputs: a lower bound on any training step built on this GEMM."""
 
-    def __init__(self, w: Any, state: Any, dtype: str, mkl: Any = None) -> None:
-        self.name = "mkl-gemms-only" if mkl else "blas-gemms-only"
-        self.mm = mkl.matmul if mkl else lambda a, b, out: np.matmul(a, b, out=out)
+    def __init__(self, w: Any, state: Any, dtype: str, name: str, mm: Any) -> None:
+        self.name, self.mm = name, mm
         idx = _layers(state)
         self.W = [np.array(state[f"{i}.weight"], dtype=dtype) for i in idx]
         m = w.batch
@@ -156,17 +158,24 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
     state = initial_state(w, dtype, 0)
     lr = DEFAULT_LR[optimizer]
     nb = get_backend("numba")
+
+    def jit_mm(a: Any, b: Any, out: Any) -> Any:  # a.T / b.T views as the step passes them
+        ta, tb = a.flags.f_contiguous and a.ndim == 2, b.flags.f_contiguous and b.ndim == 2
+        return nb._jit_gemm(a.T if ta else a, ta, b.T if tb else b, tb, out, 1.0, 0.0)
+
     runners = [
         RemoteRunner("torch", w, optimizer, dtype, state, lr, threads),  # own process
         DeepcoreRunner("numpy", w, optimizer, dtype, state, lr),
         NumbaStep(nb, w, optimizer, dtype, state, lr, "layered"),
         NumbaStep(nb, w, optimizer, dtype, state, lr, "auto"),
-        GemmFloor(w, state, dtype),
+        NumbaStep(nb, w, optimizer, dtype, state, lr, "auto", "numpy"),
+        GemmFloor(w, state, dtype, "jit-gemms-only", jit_mm),
+        GemmFloor(w, state, dtype, "blas-gemms-only", lambda a, b, out: np.matmul(a, b, out=out)),
     ]
     mkl = nb._mkl()
-    if mkl is not None:  # the same step on NumPy's BLAS, and MKL's floor
-        runners.insert(4, NumbaStep(nb, w, optimizer, dtype, state, lr, "auto", "numpy"))
-        runners.append(GemmFloor(w, state, dtype, mkl))
+    if mkl is not None:  # the same step on MKL, and MKL's floor
+        runners.insert(5, NumbaStep(nb, w, optimizer, dtype, state, lr, "auto", "mkl"))
+        runners.append(GemmFloor(w, state, dtype, "mkl-gemms-only", mkl.matmul))
     host = make_batches(w, dtype, seed=0)
     # Same maths: the first steps' losses agree (loose: BLAS vs JIT summation order).
     losses = []
@@ -198,6 +207,8 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
         c = np.empty_like(a)
         fns.append(lambda n, settle=0.0: _time_block(lambda: np.matmul(a, a, out=c), n, settle))
         names.append("sgemm1024")
+        fns.append(lambda n, settle=0.0: _time_block(lambda: jit_mm(a, a, c), n, settle))
+        names.append("jit-sgemm1024")
         if mkl is not None:
             fns.append(lambda n, settle=0.0: _time_block(lambda: mkl.matmul(a, a, c), n, settle))
             names.append("mkl-sgemm1024")
@@ -222,11 +233,11 @@ def bench_workload(name: str, optimizer: str, threads: int, rounds: int, alloc: 
         print(f"  {k:15s} median {med[k] * 1e6:10.1f} us   torch/this {base / med[k]:6.2f}x"
               f"   numpy/this {med['numpy'] / med[k]:6.2f}x   (IQR of time ratio to torch "
               f"{np.percentile(q, 25):.2f}-{np.percentile(q, 75):.2f})")  # fmt: skip
-    for fl_name in ("blas-gemms-only", "mkl-gemms-only"):
+    for fl_name in ("jit-gemms-only", "blas-gemms-only", "mkl-gemms-only"):
         if fl_name in med:
             floor = med[fl_name]
             print(f"  floor ({fl_name}): the GEMMs alone take {floor / base * 100:.0f}% of torch's "
-                  f"step, so a step on this BLAS is at most {base / floor:.2f}x torch "
+                  f"step, so a step on this GEMM is at most {base / floor:.2f}x torch "
                   f"(numba-auto spends {floor / med['numba-auto'] * 100:.0f}% of its step in "
                   "them)")  # fmt: skip
     if name == "wide":

@@ -62,6 +62,7 @@ def test_kernel_matches_float64_and_bits_do_not_depend_on_grid_or_mode(g, dt, m,
     in place: results match a float64 product and are bitwise identical to each other."""
     rng = np.random.default_rng(m * 1000 + n + k)
     ws = np.empty((4, g.workspace_size(dt)), dt)
+    ep0 = g.no_epilogue(dt)
     t = np.dtype(dt).type
     for ta in (False, True):
         for tb in (False, True):
@@ -74,9 +75,11 @@ def test_kernel_matches_float64_and_bits_do_not_depend_on_grid_or_mode(g, dt, m,
                     for tm, tn in grids:
                         c = c0.copy()
                         if tm == 0:  # gemm_serial
-                            g.gemm_serial(a, ta, b, tb, c, t(alpha), t(beta), ws, mode)
+                            g.gemm_serial(a, ta, b, tb, c, t(alpha), t(beta), ws, mode, ep0)
                         else:
-                            g.gemm_parallel(a, ta, b, tb, c, t(alpha), t(beta), ws, tm, tn, mode)
+                            g.gemm_parallel(
+                                a, ta, b, tb, c, t(alpha), t(beta), ws, tm, tn, mode, ep0
+                            )
                         if first is None:
                             _assert_close(c, want, dt, k)
                             first = c
@@ -88,11 +91,56 @@ def test_beta_zero_never_reads_out(g):
     """As BLAS: with beta == 0, NaN or Inf already in C does not leak into the result."""
     a = np.ones((9, 70), np.float32)
     b = np.ones((70, 130), np.float32)
+    ep0 = g.no_epilogue("float32")
     for tm, tn in ((1, 1), (2, 1), (1, 2)):
         c = np.full((9, 130), np.nan, np.float32)
         ws = np.empty((tm * tn, g.workspace_size("float32")), np.float32)
-        g.gemm_parallel(a, False, b, False, c, np.float32(1), np.float32(0), ws, tm, tn, 0)
+        g.gemm_parallel(a, False, b, False, c, np.float32(1), np.float32(0), ws, tm, tn, 0, ep0)
         assert np.array_equal(c, np.full((9, 130), 70, np.float32))
+
+
+#: Update rules for the GEMM epilogue: (rule, hp, flags) as optimizers.update_flat takes them.
+EPILOGUES = [
+    ("sgd", [0.1, 0.9, 1.0, 0.0], [0, 0, 0]),  # momentum
+    ("sgd", [0.1, 0.9, 1.0, 0.01], [1, 0, 1]),  # nesterov, weight decay, first step
+    ("sgd", [0.1, 0.0, 1.0, 0.0], [0, 1, 0]),  # plain, maximize
+    ("adam", [0.01, 0.9, 0.1, 0.999, 0.001, 0.3, 1e-8, 0.0, 1.0], [0, 0, 0]),
+    ("adam", [0.01, 0.9, 0.1, 0.999, 0.001, 0.3, 1e-8, 0.1, 0.999], [1, 1, 0]),  # AdamW, amsgrad
+]
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("rule,hp,flags", EPILOGUES)
+def test_update_epilogue_equals_a_separate_update_bitwise(nb, g, dt, rule, hp, flags):
+    """The dW GEMM with the optimizer update fused in gives the same gradient, parameter and
+    state bits as the GEMM followed by the update kernel over the whole parameter, on every
+    grid (k = 300: two K blocks, the update runs only after the last)."""
+    opt = nb._k.optimizers
+    code = opt.SGD if rule == "sgd" else opt.ADAM
+    rng = np.random.default_rng(7)
+    m, n, k = 45, 200, 300  # dW = d.T @ x: d (k x m), x (k x n)
+    d = rng.standard_normal((k, m)).astype(dt)
+    x = rng.standard_normal((k, n)).astype(dt)
+    p0 = rng.standard_normal((m, n)).astype(dt)
+    st0 = [np.abs(rng.standard_normal(m * n)).astype(dt) for _ in range(3)]
+    hp_a, flags_a = np.array(hp, dt), np.array(flags, np.int64)
+    ws = np.empty((4, g.workspace_size(dt)), dt)
+    t = np.dtype(dt).type
+    want_g = np.empty((m, n), dt)
+    g.gemm_serial(d, True, x, False, want_g, t(1), t(0), ws, 0, g.no_epilogue(dt))
+    want_p, want_s = p0.reshape(-1).copy(), [s.copy() for s in st0]
+    opt.update_flat(0, m * n, want_p, want_g.reshape(-1), *want_s, code, hp_a, flags_a)
+    for tm, tn in ((0, 0), (1, 1), (2, 1), (1, 2), (2, 2)):
+        gw, p, s = np.empty((m, n), dt), p0.reshape(-1).copy(), [s.copy() for s in st0]
+        ep = (np.int64(code), p, *s, hp_a, flags_a)
+        if tm == 0:
+            g.gemm_serial(d, True, x, False, gw, t(1), t(0), ws, 0, ep)
+        else:
+            g.gemm_parallel(d, True, x, False, gw, t(1), t(0), ws, tm, tn, 0, ep)
+        assert np.array_equal(gw, want_g) and np.array_equal(p, want_p), (tm, tn)
+        for got, want in zip(s, want_s, strict=True):
+            assert np.array_equal(got, want), (tm, tn)
+    assert not np.array_equal(want_p, p0.reshape(-1))  # the update did change p
 
 
 @pytest.mark.parametrize("dt", DTYPES)

@@ -160,10 +160,18 @@ class NumbaGemmMixin(Backend):
             plans[key] = plan
         return plan
 
+    def _no_epilogue(self, dt: np.dtype) -> tuple:
+        eps = self.__dict__.setdefault("_no_ep", {})
+        ep = eps.get(dt.char)
+        if ep is None:
+            ep = eps[dt.char] = self._k.gemm.no_epilogue(dt)
+        return ep
+
     def _jit_gemm(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, alpha: float,
-                  beta: float, nthreads: int | None = None) -> Any:  # fmt: skip
+                  beta: float, nthreads: int | None = None, ep: Any = None) -> Any:  # fmt: skip
         """out = alpha * op(a) @ op(b) + beta * out on the JIT kernel (out C-contiguous, not
-        overlapping a or b; k >= 1)."""
+        overlapping a or b; k >= 1). `ep`: an optimizer update fused into the kernel's last
+        pass over out (kernels/numba/gemm.py gemm_block); not for narrow nt outputs."""
         from .. import threads
 
         m, n = out.shape
@@ -181,10 +189,11 @@ class NumbaGemmMixin(Backend):
             g.dot_rows_parallel(a, b, out, t(alpha), t(beta), tm)
         else:
             ws = self.scratch("gemm_ws", (tm * tn, g.workspace_size(dt)), dt)
+            ep = self._no_epilogue(dt) if ep is None else ep
             if variant == _SERIAL:
-                g.gemm_serial(a, ta, b, tb, out, t(alpha), t(beta), ws, mode)
+                g.gemm_block(a, ta, b, tb, out, t(alpha), t(beta), 0, m, 0, n, ws[0], mode, ep)
             else:
-                g.gemm_parallel(a, ta, b, tb, out, t(alpha), t(beta), ws, tm, tn, mode)
+                g.gemm_parallel(a, ta, b, tb, out, t(alpha), t(beta), ws, tm, tn, mode, ep)
         return out
 
     def _blas_gemm(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, alpha: float,
@@ -216,6 +225,18 @@ class NumbaGemmMixin(Backend):
         if self._use_jit(work, out.dtype, nt):
             return self._jit_gemm(a, ta, b, tb, out, alpha, beta, nt)
         return self._blas_gemm(a, ta, b, tb, out, alpha, beta)
+
+    def _matmul_update(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, ep: Any,
+                       nthreads: int) -> bool:  # fmt: skip
+        """out = op(a) @ op(b) as `_matmul`; when that runs on the JIT kernel, with the update
+        `ep` fused in (True); else the caller still has to update (False)."""
+        m, n = out.shape
+        work = m * n * (a.shape[0] if ta else a.shape[1])
+        if self._use_jit(work, out.dtype, nthreads) and not (tb and not ta):
+            self._jit_gemm(a, ta, b, tb, out, 1.0, 0.0, nthreads, ep)
+            return True
+        self._blas_gemm(a, ta, b, tb, out, 1.0, 0.0)
+        return False
 
     def gemm(
         self,

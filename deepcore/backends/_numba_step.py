@@ -34,7 +34,7 @@ class _Plan:
     """Validated arrays of one model + optimizer state, and their preallocated workspace."""
 
     __slots__ = ("arrays", "dt", "nl", "ok", "work", "params", "state", "flat", "codes", "hp",
-                 "flags", "ws", "pflat", "gflat", "size")  # fmt: skip
+                 "flags", "ws", "pflat", "gflat", "size", "rest")  # fmt: skip
 
 
 class NumbaStepMixin(Backend):
@@ -195,6 +195,7 @@ class NumbaStepMixin(Backend):
         p.hp = np.zeros(9, dt)
         p.flags = np.zeros(3, np.int64)
         p.ws = {}
+        p.rest = {}  # fused-update pattern -> the parameters left to the update call
         return p
 
     def _workspace(self, plan: _Plan, m: int) -> tuple[Any, ...]:
@@ -231,14 +232,15 @@ class NumbaStepMixin(Backend):
         """fused_mlp_step's maths layer by layer (large models).
 
         On a validated plan (C-contiguous NumPy arrays of one dtype) the GEMMs go straight to
-        `_matmul` (the JIT kernel or BLAS, as the public gemm chooses) and all parameters are
-        updated by one compiled call: the per-call checks of the public methods cost ~0.2 ms of
-        a 3 ms mnist step. The update runs in parallel unless the GEMMs run on OpenBLAS, whose
-        worker keeps spinning on the other core for a while after each call (there a parallel
-        update was no faster: wide serial 286 and 314 ms per step, parallel 289-326 ms; on MKL,
-        whose threads are libgomp's like the kernels', mnist went 2.52 -> 2.33 ms). Otherwise
-        the public methods run, with their checks. The maths and its order are the same either
-        way (tested bitwise).
+        `_matmul` (the JIT kernel or BLAS, as the public gemm chooses): the per-call checks of
+        the public methods cost ~0.2 ms of a 3 ms mnist step. A weight whose gradient GEMM runs
+        on the JIT kernel is updated inside that GEMM, row strip by row strip while the gradient
+        is in cache (wide sgd: the separate update pass took 8.4 ms of a 205 ms step); the
+        other parameters are updated by one compiled call afterwards, in parallel unless the
+        GEMMs run on OpenBLAS, whose worker keeps spinning on the other core for a while after
+        each call (there a parallel update was no faster: wide serial 286 and 314 ms per step,
+        parallel 289-326 ms). Otherwise the public methods run, with their checks. The maths
+        and its order are the same on every route (tested bitwise).
         """
         nl = len(weights)
         x = self.asarray(x)
@@ -264,28 +266,39 @@ class NumbaStepMixin(Backend):
         loss, d = self.softmax_cross_entropy(outs[-1], labels, grad_out=ds[-1])
         if logits_out is not None:
             logits_out[...] = outs[-1]
+        k = self._k.step
+        opt = k.SGD if optimizer == "sgd" else k.ADAM
+        fused = [False] * nl
         for l in range(nl - 1, -1, -1):
             d, _ = self.activation_backward_bias_grad(
                 acts[l], d, x=zs[l], y=outs[l], alpha=alpha, dx_out=d, db_out=bgrads[l]
             )
-            if direct:
-                self._matmul(d, True, inputs[l], False, wgrads[l], nthreads=nt)
+            if direct:  # dX first: the update fused into the dW GEMM changes W[l]
+                d_prev = d
                 if l > 0:
-                    d = self._matmul(d, False, weights[l], False, ds[l - 1], nthreads=nt)
+                    d_prev = self._matmul(d, False, weights[l], False, ds[l - 1], nthreads=nt)
+                ep = (opt, plan.pflat[l], plan.flat[0][l], plan.flat[1][l], plan.flat[2][l],
+                      plan.hp, plan.flags)  # fmt: skip
+                fused[l] = self._matmul_update(d, True, inputs[l], False, wgrads[l], ep, nt)
+                d = d_prev
             else:
                 self.gemm(d, inputs[l], trans_a=True, out=wgrads[l])
                 if l > 0:
                     d = self.gemm(d, weights[l], out=ds[l - 1])
         params = [*weights, *biases]
-        if direct:  # every parameter in one compiled call (see the docstring)
-            k = self._k.step
-            opt = k.SGD if optimizer == "sgd" else k.ADAM
-            par = plan.size >= self.parallel_step_update and not self._openblas_threads(m, plan)
+        if direct:  # the parameters no GEMM updated, in one compiled call (see the docstring)
+            rest = plan.rest.get(tuple(fused))
+            if rest is None:
+                keep = [i for i in range(2 * nl) if i >= nl or not fused[i]]
+                sub = lambda t: tuple(t[i] for i in keep)  # noqa: E731
+                rest = plan.rest[tuple(fused)] = (
+                    sub(plan.pflat), sub(plan.gflat), *(sub(f) for f in plan.flat),
+                    sum(plan.pflat[i].size for i in keep),
+                )  # fmt: skip
+            par = rest[-1] >= self.parallel_step_update and not self._openblas_threads(m, plan)
             fn = k.update_params_parallel if par else k.update_params
-            self._run(
-                fn, ("update_params", par, len(params), dt.char), plan.pflat,
-                plan.gflat, *plan.flat, opt, plan.hp, plan.flags,
-            )  # fmt: skip
+            self._run(fn, ("update_params", par, len(rest[0]), dt.char), *rest[:5], opt,
+                      plan.hp, plan.flags)  # fmt: skip
             return loss
         h = hyper
         st = [

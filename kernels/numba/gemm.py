@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._config import GEMM_OPTS
+from .optimizers import update_flat
 from .simd import (
     VECTOR_BYTES,
     VECTOR_REGISTERS,
@@ -68,6 +69,12 @@ def nr_of(dtype) -> int:  # type: ignore[no-untyped-def]
     return NV * lanes_of(np.dtype(dtype))
 
 
+def no_epilogue(dtype) -> tuple:  # type: ignore[no-untyped-def]
+    """The `ep` argument for a plain GEMM (rule code -1, empty arrays of dtype)."""
+    e = np.empty(0, dtype)
+    return (np.int64(-1), e, e, e, e, np.zeros(9, dtype), np.zeros(3, np.int64))
+
+
 def workspace_size(dtype) -> int:  # type: ignore[no-untyped-def]
     """Elements of one thread's workspace row: the packed B block and an edge tile."""
     nr = nr_of(dtype)
@@ -100,6 +107,16 @@ def _store(c, co, ldc, r, x0, x1, x2, x3, nv, first, va, vb, zero_beta, L):
     if nv == 4:
         vstore(c, o + 2 * L, x2)
         vstore(c, o + 3 * L, x3)
+
+
+@njit(**GEMM_OPTS)
+def _spill(t, o, x0, x1, x2, x3, L):
+    """One row of the block into t[o : o + NV*L]."""
+    vstore(t, o, x0)
+    vstore(t, o + L, x1)
+    if NV == 4:
+        vstore(t, o + 2 * L, x2)
+        vstore(t, o + 3 * L, x3)
 
 
 @njit(**GEMM_OPTS)
@@ -187,13 +204,12 @@ def micro(a, a0, a1, a2, a3, a4, a5, aps, b, bo, bps, kc, c, co, ldc, mr, nr, fi
         _store(c, co, ldc, 4, c40, c41, c42, c43, NV, first, va, vb, zb, L)
         _store(c, co, ldc, 5, c50, c51, c52, c53, NV, first, va, vb, zb, L)
         return
-    one = vsplat(b, 1)  # spill the block to tmp unscaled, then store its mr x nr corner
-    _store(tmp, 0, nr_full, 0, c00, c01, c02, c03, NV, True, one, one, True, L)
-    _store(tmp, 0, nr_full, 1, c10, c11, c12, c13, NV, True, one, one, True, L)
-    _store(tmp, 0, nr_full, 2, c20, c21, c22, c23, NV, True, one, one, True, L)
-    _store(tmp, 0, nr_full, 3, c30, c31, c32, c33, NV, True, one, one, True, L)
-    _store(tmp, 0, nr_full, 4, c40, c41, c42, c43, NV, True, one, one, True, L)
-    _store(tmp, 0, nr_full, 5, c50, c51, c52, c53, NV, True, one, one, True, L)
+    _spill(tmp, 0, c00, c01, c02, c03, L)  # the block to tmp unscaled, then its mr x nr corner
+    _spill(tmp, nr_full, c10, c11, c12, c13, L)
+    _spill(tmp, 2 * nr_full, c20, c21, c22, c23, L)
+    _spill(tmp, 3 * nr_full, c30, c31, c32, c33, L)
+    _spill(tmp, 4 * nr_full, c40, c41, c42, c43, L)
+    _spill(tmp, 5 * nr_full, c50, c51, c52, c53, L)
     _store_edge(c, co, ldc, mr, nr, tmp, first, alpha, beta)
 
 
@@ -245,11 +261,14 @@ def pack_b(b, ldb, tb, p0, kc, j0, nc, pb):
 
 
 @njit(**GEMM_OPTS)
-def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode):
+def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode, ep):
     """C[i_lo:i_hi, j_lo:j_hi] of C = alpha * op(a) @ op(b) + beta * C on one thread.
 
-    a, b, c are flat views of C-contiguous matrices (c is m x n); ws is this thread's workspace
-    (workspace_size elements). k >= 1.
+    a, b, c are C-contiguous matrices (c is m x n); ws is this thread's workspace
+    (workspace_size elements). k >= 1. ep = (rule, p, s1, s2, s3, hp, flags): with rule >= 0
+    (optimizers.SGD or ADAM) C is a weight gradient and each row strip, once final, updates the
+    same elements of the flat parameter p and its state (optimizers.update_flat) while the strip
+    is still in cache: the same operations, so the same bits, as a separate pass over p.
     """
     m, n = c.shape
     k = a.shape[0] if ta else a.shape[1]
@@ -300,6 +319,11 @@ def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode):
                         bsrc, bo, bps = pb, s * nr * kc, nr
                     micro(src, o0, o1, o2, o3, o4, o5, aps, bsrc, bo, bps, kc, cf, i0 * n + j0, n,
                           mr, w, first, alpha, beta, tmp)  # fmt: skip
+                if ep[0] >= 0 and kb == nkb - 1:  # these rows of C are final: the update
+                    for r in range(mr):
+                        lo = (i0 + r) * n + jc
+                        update_flat(lo, lo + nc, ep[1], cf, ep[2], ep[3], ep[4], ep[0], ep[5],
+                                    ep[6])  # fmt: skip
 
 
 def choose_grid(m: int, n: int, k: int, nthreads: int, nr: int) -> tuple[int, int]:
@@ -322,7 +346,7 @@ def choose_grid(m: int, n: int, k: int, nthreads: int, nr: int) -> tuple[int, in
 
 
 @njit(parallel=True, **GEMM_OPTS)
-def gemm_parallel(a, ta, b, tb, c, alpha, beta, ws, tm, tn, mode):
+def gemm_parallel(a, ta, b, tb, c, alpha, beta, ws, tm, tn, mode, ep):
     """gemm_block over a tm x tn grid of C's MR- and NR-aligned rectangles, one per thread."""
     m, n = c.shape
     nr = NV * lanes(ws)
@@ -336,7 +360,7 @@ def gemm_parallel(a, ta, b, tb, c, alpha, beta, ws, tm, tn, mode):
         i_hi = min(m, i_lo + rows)
         j_hi = min(n, j_lo + cols)
         if i_lo < i_hi and j_lo < j_hi:
-            gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws[t], mode)
+            gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws[t], mode, ep)
 
 
 @njit(**GEMM_OPTS)
@@ -392,8 +416,8 @@ def dot_rows_parallel(a, b, c, alpha, beta, nthreads):
         dot_rows(a, b, c, alpha, beta, t * per, min(m, (t + 1) * per))
 
 
-@njit(**GEMM_OPTS)
-def gemm_serial(a, ta, b, tb, c, alpha, beta, ws, mode):
-    """The whole of C on this thread."""
+def gemm_serial(a, ta, b, tb, c, alpha, beta, ws, mode, ep):  # type: ignore[no-untyped-def]
+    """The whole of C on the calling thread: gemm_block called from Python (a compiled wrapper
+    would cost another ~3 s of first-run compilation for nothing)."""
     m, n = c.shape
-    gemm_block(a, ta, b, tb, c, alpha, beta, 0, m, 0, n, ws[0], mode)
+    gemm_block(a, ta, b, tb, c, alpha, beta, 0, m, 0, n, ws[0], mode, ep)

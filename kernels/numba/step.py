@@ -27,27 +27,16 @@ from ._config import GEMM_OPTS, OPTS
 from ._micro_small import SMR, SNR, block_nn, block_tn
 from .elementwise import IDENTITY, RELU, act, act_grad
 from .losses import softmax_cross_entropy
-from .optimizers import CHUNK, adam_range, sgd_range
+from .optimizers import ADAM, CHUNK, SGD, update_flat
 
-SGD, ADAM = 0, 1
-#: hp (floats, the params' dtype): SGD [lr, momentum, 1-dampening, weight_decay];
-#: Adam [lr/bc1, beta1, 1-beta1, beta2, 1-beta2, sqrt(bc2), eps, weight_decay, 1-lr*wd].
-#: flags (int64): SGD [nesterov, maximize, first_step]; Adam [decoupled, amsgrad, maximize].
+__all__ = ["ADAM", "SGD", "mlp_step", "small_gemm", "update_params", "update_params_parallel"]
 
 
 @njit(**OPTS)
 def _update_range(lo, hi, p, g, i, s1, s2, s3, opt, hp, flags):
-    """Elements lo:hi of one parameter's optimizer update (flattened views)."""
-    if opt == SGD:
-        sgd_range(
-            lo, hi, p, g, s1[i], hp[0], hp[1], hp[2], flags[0] != 0, hp[3], flags[1] != 0,
-            flags[2] != 0,
-        )  # fmt: skip
-    else:
-        adam_range(
-            lo, hi, p, g, s1[i], s2[i], s3[i], hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], hp[6],
-            hp[7], hp[8], flags[0] != 0, flags[1] != 0, flags[2] != 0,
-        )  # fmt: skip
+    """Elements lo:hi of parameter i's optimizer update (flattened views; s1..s3 per-parameter
+    state lists)."""
+    update_flat(lo, hi, p, g, s1[i], s2[i], s3[i], opt, hp, flags)
 
 
 @njit(**OPTS)
