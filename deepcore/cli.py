@@ -362,7 +362,10 @@ def cmd_info() -> int:
     for name, av in dc.available_backends().items():
         if av.available and name != "numpy":
             info = dc.get_backend(name).info()
-            print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "name"))
+            print(f"{name}:")  # one fact a line; the process-wide ones printed above are left out
+            for k, v in info.items():
+                if k != "name" and facts.get(k, object()) != v:
+                    print(f"  {k}: {v}")
     return 0
 
 

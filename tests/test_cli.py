@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import deepcore as dc
 from deepcore.cli import main
 
 
@@ -99,6 +100,8 @@ def test_info_lists_every_backend_with_reason():
     for name in ("numpy", "numba", "cupy"):
         assert name in proc.stdout
     assert "blas" in proc.stdout
+    if dc.available_backends()["numba"]:  # the GEMM setting and the vector width, a line each
+        assert "\n  gemm: auto" in proc.stdout and "\n  simd: " in proc.stdout
 
 
 def test_save_then_resume_equals_one_straight_run(tmp_path):

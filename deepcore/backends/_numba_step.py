@@ -24,9 +24,12 @@ from ._numba_updates import adam_scalars
 from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
 
 #: MLPs whose step does at most this many multiply-adds per sample-batch take the compiled
-#: route (64-128-10 at batch 32: 0.3 M; measured: the one-thread compiled step beats the
-#: layered route (BLAS, 2 threads) up to ~4 M multiply-adds here).
-FUSED_STEP_MAX_WORK = 4_000_000
+#: route (64-128-10 at batch 32: 0.3 M). Measured with both routes on the same models (2 cores):
+#: on the Xeon dev VM the one-thread compiled step beat the layered route on BLAS up to ~4 M;
+#: on the Zen 5 VM, against the layered route on the JIT GEMM, up to ~2.2 M (64-256-128-10 at
+#: batch 32, 1.6 M: compiled 1.19x faster; 256-256-10 at batch 32, 2.2 M: layered 1.13x; at
+#: batch 64, 4.4 M: layered 1.49x).
+FUSED_STEP_MAX_WORK = 2_000_000
 _PLANS_MAX = 64
 
 
