@@ -46,7 +46,7 @@ def main() -> None:
           f" {nthreads} threads; BLAS = np.matmul")  # fmt: skip
     rng = np.random.default_rng(0)
     one, zero = np.float32(1), np.float32(0)
-    ep0 = g.no_epilogue("float32")
+    ep0 = (g.no_epilogue("float32"), g.no_activation("float32"))
     print(f"{'size':>7}  {'BLAS':>10}  {'JIT':>10}  {'JIT/BLAS speed':>14}  kernel")
     for size in (int(s) for s in args.sizes.split(",")):
         a = rng.standard_normal((size, size), dtype=np.float32)
@@ -61,11 +61,11 @@ def main() -> None:
         if par:
             name = f"gemm_parallel ({tm} x {tn} threads)"
             jits[name] = lambda a=a, b=b, c=c_jit, ws=ws, tm=tm, tn=tn: g.gemm_parallel(
-                a, False, b, False, c, one, zero, ws, tm, tn, 0, ep0
+                a, False, b, False, c, one, zero, ws, tm, tn, 0, *ep0
             )
         else:
             jits["gemm_serial"] = lambda a=a, b=b, c=c_jit, ws=ws: g.gemm_serial(
-                a, False, b, False, c, one, zero, ws, g.DIRECT_B, ep0
+                a, False, b, False, c, one, zero, ws, g.DIRECT_B, *ep0
             )
         if size <= 64:
             with k._config.slp_vectorize():  # as the backend compiles it

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("numba")
 
 from deepcore.backends import _gemm_choice, get_backend  # noqa: E402
+from deepcore.backends.base import ACTIVATIONS  # noqa: E402
 from deepcore.backends.numba import NumbaBackend  # noqa: E402
 
 DTYPES = ("float32", "float64")
@@ -62,7 +63,7 @@ def test_kernel_matches_float64_and_bits_do_not_depend_on_grid_or_mode(g, dt, m,
     in place: results match a float64 product and are bitwise identical to each other."""
     rng = np.random.default_rng(m * 1000 + n + k)
     ws = np.empty((4, g.workspace_size(dt)), dt)
-    ep0 = g.no_epilogue(dt)
+    ep0 = (g.no_epilogue(dt), g.no_activation(dt))
     t = np.dtype(dt).type
     for ta in (False, True):
         for tb in (False, True):
@@ -75,10 +76,10 @@ def test_kernel_matches_float64_and_bits_do_not_depend_on_grid_or_mode(g, dt, m,
                     for tm, tn in grids:
                         c = c0.copy()
                         if tm == 0:  # gemm_serial
-                            g.gemm_serial(a, ta, b, tb, c, t(alpha), t(beta), ws, mode, ep0)
+                            g.gemm_serial(a, ta, b, tb, c, t(alpha), t(beta), ws, mode, *ep0)
                         else:
                             g.gemm_parallel(
-                                a, ta, b, tb, c, t(alpha), t(beta), ws, tm, tn, mode, ep0
+                                a, ta, b, tb, c, t(alpha), t(beta), ws, tm, tn, mode, *ep0
                             )
                         if first is None:
                             _assert_close(c, want, dt, k)
@@ -91,11 +92,11 @@ def test_beta_zero_never_reads_out(g):
     """As BLAS: with beta == 0, NaN or Inf already in C does not leak into the result."""
     a = np.ones((9, 70), np.float32)
     b = np.ones((70, 130), np.float32)
-    ep0 = g.no_epilogue("float32")
+    ep0 = (g.no_epilogue("float32"), g.no_activation("float32"))
     for tm, tn in ((1, 1), (2, 1), (1, 2)):
         c = np.full((9, 130), np.nan, np.float32)
         ws = np.empty((tm * tn, g.workspace_size("float32")), np.float32)
-        g.gemm_parallel(a, False, b, False, c, np.float32(1), np.float32(0), ws, tm, tn, 0, ep0)
+        g.gemm_parallel(a, False, b, False, c, np.float32(1), np.float32(0), ws, tm, tn, 0, *ep0)
         assert np.array_equal(c, np.full((9, 130), 70, np.float32))
 
 
@@ -126,6 +127,7 @@ def test_update_epilogue_equals_a_separate_update_bitwise(nb, g, dt, rule, hp, f
     hp_a, flags_a = np.array(hp, dt), np.array(flags, np.int64)
     ws = np.empty((4, g.workspace_size(dt)), dt)
     t = np.dtype(dt).type
+    no_fe = g.no_activation(dt)
     want_g = np.empty((m, n), dt)
     g.gemm_serial(d, True, x, False, want_g, t(1), t(0), ws, 0, g.no_epilogue(dt))
     want_p, want_s = p0.reshape(-1).copy(), [s.copy() for s in st0]
@@ -136,11 +138,39 @@ def test_update_epilogue_equals_a_separate_update_bitwise(nb, g, dt, rule, hp, f
         if tm == 0:
             g.gemm_serial(d, True, x, False, gw, t(1), t(0), ws, 0, ep)
         else:
-            g.gemm_parallel(d, True, x, False, gw, t(1), t(0), ws, tm, tn, 0, ep)
+            g.gemm_parallel(d, True, x, False, gw, t(1), t(0), ws, tm, tn, 0, ep, no_fe)
         assert np.array_equal(gw, want_g) and np.array_equal(p, want_p), (tm, tn)
         for got, want in zip(s, want_s, strict=True):
             assert np.array_equal(got, want), (tm, tn)
     assert not np.array_equal(want_p, p0.reshape(-1))  # the update did change p
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_epilogue_equals_the_separate_pass_bitwise(nb, g, dt, kind):
+    """z = x @ W.T with z += b and out = act(z) fused in: the same z and out bits as the
+    GEMM followed by the backend's bias + activation pass, on every grid."""
+    from deepcore.kernels.numba.elementwise import bias_act_rows
+
+    rng = np.random.default_rng(3)
+    m, n, k = 40, 150, 300
+    x = rng.standard_normal((m, k)).astype(dt)
+    w = rng.standard_normal((n, k)).astype(dt)
+    bias = rng.standard_normal(n).astype(dt)
+    code, t = ACTIVATIONS.index(kind), np.dtype(dt).type
+    ws = np.empty((4, g.workspace_size(dt)), dt)
+    want_z, want_out = np.empty((m, n), dt), np.empty((m, n), dt)
+    g.gemm_serial(x, False, w, True, want_z, t(1), t(0), ws, 0)
+    bias_act_rows(0, m, want_z, bias, True, code, t(0.1), want_out, want_z, True)
+    for tm, tn in ((0, 0), (2, 1), (1, 2)):
+        z, out = np.empty((m, n), dt), np.empty((m, n), dt)
+        fe = (np.int64(code), t(0.1), bias, out.reshape(-1))
+        if tm == 0:
+            g.gemm_serial(x, False, w, True, z, t(1), t(0), ws, 0, None, fe)
+        else:
+            g.gemm_parallel(x, False, w, True, z, t(1), t(0), ws, tm, tn, 0,
+                            g.no_epilogue(dt), fe)  # fmt: skip
+        assert np.array_equal(z, want_z) and np.array_equal(out, want_out), (tm, tn)
 
 
 @pytest.mark.parametrize("dt", DTYPES)

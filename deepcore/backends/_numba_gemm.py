@@ -160,18 +160,22 @@ class NumbaGemmMixin(Backend):
             plans[key] = plan
         return plan
 
-    def _no_epilogue(self, dt: np.dtype) -> tuple:
+    def _no_epilogues(self, dt: np.dtype) -> tuple[tuple, tuple]:
+        """The kernel's (ep, fe) arguments for a GEMM with neither epilogue (made once)."""
         eps = self.__dict__.setdefault("_no_ep", {})
-        ep = eps.get(dt.char)
-        if ep is None:
-            ep = eps[dt.char] = self._k.gemm.no_epilogue(dt)
-        return ep
+        both = eps.get(dt.char)
+        if both is None:
+            g = self._k.gemm
+            both = eps[dt.char] = (g.no_epilogue(dt), g.no_activation(dt))
+        return both
 
     def _jit_gemm(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, alpha: float,
-                  beta: float, nthreads: int | None = None, ep: Any = None) -> Any:  # fmt: skip
+                  beta: float, nthreads: int | None = None, ep: Any = None,
+                  fe: Any = None) -> Any:  # fmt: skip
         """out = alpha * op(a) @ op(b) + beta * out on the JIT kernel (out C-contiguous, not
-        overlapping a or b; k >= 1). `ep`: an optimizer update fused into the kernel's last
-        pass over out (kernels/numba/gemm.py gemm_block); not for narrow nt outputs."""
+        overlapping a or b; k >= 1). `ep` (an optimizer update) and `fe` (bias + activation)
+        are fused into the kernel's last pass over out (kernels/numba/gemm.py gemm_block); the
+        caller checks `_fusable` first."""
         from .. import threads
 
         m, n = out.shape
@@ -189,11 +193,14 @@ class NumbaGemmMixin(Backend):
             g.dot_rows_parallel(a, b, out, t(alpha), t(beta), tm)
         else:
             ws = self.scratch("gemm_ws", (tm * tn, g.workspace_size(dt)), dt)
-            ep = self._no_epilogue(dt) if ep is None else ep
+            if ep is None or fe is None:
+                no_ep, no_fe = self._no_epilogues(dt)
+                ep = no_ep if ep is None else ep
+                fe = no_fe if fe is None else fe
             if variant == _SERIAL:
-                g.gemm_block(a, ta, b, tb, out, t(alpha), t(beta), 0, m, 0, n, ws[0], mode, ep)
+                g.gemm_block(a, ta, b, tb, out, t(alpha), t(beta), 0, m, 0, n, ws[0], mode, ep, fe)
             else:
-                g.gemm_parallel(a, ta, b, tb, out, t(alpha), t(beta), ws, tm, tn, mode, ep)
+                g.gemm_parallel(a, ta, b, tb, out, t(alpha), t(beta), ws, tm, tn, mode, ep, fe)
         return out
 
     def _blas_gemm(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, alpha: float,
@@ -226,15 +233,20 @@ class NumbaGemmMixin(Backend):
             return self._jit_gemm(a, ta, b, tb, out, alpha, beta, nt)
         return self._blas_gemm(a, ta, b, tb, out, alpha, beta)
 
-    def _matmul_update(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, ep: Any,
-                       nthreads: int) -> bool:  # fmt: skip
-        """out = op(a) @ op(b) as `_matmul`; when that runs on the JIT kernel, with the update
-        `ep` fused in (True); else the caller still has to update (False)."""
+    def _matmul_fused(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, nthreads: int,
+                      ep: Any = None, fe: Any = None) -> bool:  # fmt: skip
+        """out = op(a) @ op(b) as `_matmul`. When that runs on the JIT kernel's register-blocked
+        variant, the epilogues `ep` (update) and `fe` (bias + activation) run inside it and the
+        result is True; else False, and the caller still has to apply them."""
         m, n = out.shape
-        work = m * n * (a.shape[0] if ta else a.shape[1])
-        if self._use_jit(work, out.dtype, nthreads) and not (tb and not ta):
-            self._jit_gemm(a, ta, b, tb, out, 1.0, 0.0, nthreads, ep)
-            return True
+        k = a.shape[0] if ta else a.shape[1]
+        dt = out.dtype
+        if self._use_jit(m * n * k, dt, nthreads):
+            if self._jit_plan(m, n, k, ta, tb, dt, nthreads)[0] in (_SERIAL, _PARALLEL):
+                self._jit_gemm(a, ta, b, tb, out, 1.0, 0.0, nthreads, ep, fe)
+                return True
+            self._jit_gemm(a, ta, b, tb, out, 1.0, 0.0, nthreads)
+            return False
         self._blas_gemm(a, ta, b, tb, out, 1.0, 0.0)
         return False
 

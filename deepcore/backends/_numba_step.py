@@ -47,6 +47,7 @@ class NumbaStepMixin(Backend):
     _run: Any
     _dummy: Any
     _matmul: Any
+    _matmul_fused: Any
     _use_jit: Any
     _mkl: Any
     #: fused_mlp_step's route: "auto" (by size), "compiled" (one call) or "layered".
@@ -258,10 +259,12 @@ class NumbaStepMixin(Backend):
         m = x.shape[0]
         nt = threads.get_num_threads()
         inputs = [x]
+        t = dt.type
         for l in range(nl):
-            if direct:
-                self._matmul(inputs[-1], False, weights[l], True, zs[l], nthreads=nt)
-                self._bias_act(zs[l], biases[l], acts[l], alpha, outs[l], zs[l])
+            if direct:  # z = x @ W.T, then z += b and out = act(z), in the GEMM when it can
+                fe = (plan.codes[l], t(alpha), biases[l], outs[l].reshape(-1))
+                if not self._matmul_fused(inputs[-1], False, weights[l], True, zs[l], nt, fe=fe):
+                    self._bias_act(zs[l], biases[l], acts[l], alpha, outs[l], zs[l])
             else:
                 self.linear(inputs[-1], weights[l], biases[l], acts[l], alpha, out=outs[l],
                             pre_out=zs[l])  # fmt: skip
@@ -282,7 +285,7 @@ class NumbaStepMixin(Backend):
                     d_prev = self._matmul(d, False, weights[l], False, ds[l - 1], nthreads=nt)
                 ep = (opt, plan.pflat[l], plan.flat[0][l], plan.flat[1][l], plan.flat[2][l],
                       plan.hp, plan.flags)  # fmt: skip
-                fused[l] = self._matmul_update(d, True, inputs[l], False, wgrads[l], ep, nt)
+                fused[l] = self._matmul_fused(d, True, inputs[l], False, wgrads[l], nt, ep=ep)
                 d = d_prev
             else:
                 self.gemm(d, inputs[l], trans_a=True, out=wgrads[l])

@@ -123,6 +123,30 @@ def bias_act_rows(lo, hi, z, b, has_b, code, alpha, out, pre, has_pre):
             out[i, j] = act(v, code, alpha)
 
 
+@njit(**OPTS)
+def bias_act_flat(z, out, lo, hi, b, code, alpha):
+    """One row segment, flat views: z[lo:hi] += b (b has hi-lo elements; z keeps the
+    pre-activation) and out[lo:hi] = act of it. The operations of bias_act_rows, so the same
+    bits; the GEMM kernel calls it on each row strip of its output while the strip is in cache."""
+    zs, os = z[lo:hi], out[lo:hi]
+    zero = b.dtype.type(0)
+    if code == RELU:  # branch-free loops: vectorize
+        for j in range(zs.shape[0]):
+            v = zs[j] + b[j]
+            zs[j] = v
+            os[j] = v if v > zero else zero
+    elif code == IDENTITY:
+        for j in range(zs.shape[0]):
+            v = zs[j] + b[j]
+            zs[j] = v
+            os[j] = v
+    else:
+        for j in range(zs.shape[0]):
+            v = zs[j] + b[j]
+            zs[j] = v
+            os[j] = act(v, code, alpha)
+
+
 @njit(parallel=True, **OPTS)
 def bias_act(z, b, has_b, code, alpha, out, pre, has_pre):
     """Parallel `bias_act_rows` over fixed row chunks."""

@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._config import GEMM_OPTS
+from .elementwise import bias_act_flat
 from .optimizers import update_flat
 from .simd import (
     VECTOR_BYTES,
@@ -73,6 +74,12 @@ def no_epilogue(dtype) -> tuple:  # type: ignore[no-untyped-def]
     """The `ep` argument for a plain GEMM (rule code -1, empty arrays of dtype)."""
     e = np.empty(0, dtype)
     return (np.int64(-1), e, e, e, e, np.zeros(9, dtype), np.zeros(3, np.int64))
+
+
+def no_activation(dtype) -> tuple:  # type: ignore[no-untyped-def]
+    """The `fe` argument for a GEMM without a bias + activation epilogue."""
+    e = np.empty(0, dtype)
+    return (np.int64(-1), np.dtype(dtype).type(0), e, e)
 
 
 def workspace_size(dtype) -> int:  # type: ignore[no-untyped-def]
@@ -261,7 +268,7 @@ def pack_b(b, ldb, tb, p0, kc, j0, nc, pb):
 
 
 @njit(**GEMM_OPTS)
-def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode, ep):
+def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode, ep, fe):
     """C[i_lo:i_hi, j_lo:j_hi] of C = alpha * op(a) @ op(b) + beta * C on one thread.
 
     a, b, c are C-contiguous matrices (c is m x n); ws is this thread's workspace
@@ -269,6 +276,8 @@ def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode, e
     (optimizers.SGD or ADAM) C is a weight gradient and each row strip, once final, updates the
     same elements of the flat parameter p and its state (optimizers.update_flat) while the strip
     is still in cache: the same operations, so the same bits, as a separate pass over p.
+    fe = (activation code, alpha, bias, out): with code >= 0, each final row strip gets
+    C += bias and out = act(C) (elementwise.bias_act_flat; out flat, C's shape), likewise.
     """
     m, n = c.shape
     k = a.shape[0] if ta else a.shape[1]
@@ -324,6 +333,11 @@ def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode, e
                         lo = (i0 + r) * n + jc
                         update_flat(lo, lo + nc, ep[1], cf, ep[2], ep[3], ep[4], ep[0], ep[5],
                                     ep[6])  # fmt: skip
+                if fe[0] >= 0 and kb == nkb - 1:  # these rows of C are final: bias, activation
+                    bias = fe[2][jc : jc + nc]
+                    for r in range(mr):
+                        lo = (i0 + r) * n + jc
+                        bias_act_flat(cf, fe[3], lo, lo + nc, bias, fe[0], fe[1])
 
 
 def choose_grid(m: int, n: int, k: int, nthreads: int, nr: int) -> tuple[int, int]:
@@ -346,7 +360,7 @@ def choose_grid(m: int, n: int, k: int, nthreads: int, nr: int) -> tuple[int, in
 
 
 @njit(parallel=True, **GEMM_OPTS)
-def gemm_parallel(a, ta, b, tb, c, alpha, beta, ws, tm, tn, mode, ep):
+def gemm_parallel(a, ta, b, tb, c, alpha, beta, ws, tm, tn, mode, ep, fe):
     """gemm_block over a tm x tn grid of C's MR- and NR-aligned rectangles, one per thread."""
     m, n = c.shape
     nr = NV * lanes(ws)
@@ -360,7 +374,7 @@ def gemm_parallel(a, ta, b, tb, c, alpha, beta, ws, tm, tn, mode, ep):
         i_hi = min(m, i_lo + rows)
         j_hi = min(n, j_lo + cols)
         if i_lo < i_hi and j_lo < j_hi:
-            gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws[t], mode, ep)
+            gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws[t], mode, ep, fe)
 
 
 @njit(**GEMM_OPTS)
@@ -416,8 +430,10 @@ def dot_rows_parallel(a, b, c, alpha, beta, nthreads):
         dot_rows(a, b, c, alpha, beta, t * per, min(m, (t + 1) * per))
 
 
-def gemm_serial(a, ta, b, tb, c, alpha, beta, ws, mode, ep):  # type: ignore[no-untyped-def]
+def gemm_serial(a, ta, b, tb, c, alpha, beta, ws, mode, ep=None, fe=None):  # type: ignore[no-untyped-def]
     """The whole of C on the calling thread: gemm_block called from Python (a compiled wrapper
     would cost another ~3 s of first-run compilation for nothing)."""
     m, n = c.shape
-    gemm_block(a, ta, b, tb, c, alpha, beta, 0, m, 0, n, ws[0], mode, ep)
+    ep = no_epilogue(c.dtype) if ep is None else ep
+    fe = no_activation(c.dtype) if fe is None else fe
+    gemm_block(a, ta, b, tb, c, alpha, beta, 0, m, 0, n, ws[0], mode, ep, fe)
