@@ -396,3 +396,25 @@ def test_gemm_with_an_aliased_out_is_still_right(nb, monkeypatch):
     want = a.astype(np.float64) @ a
     got = nb.gemm(a, a, out=a)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_wait_policy_rule_reads_the_stored_choice(monkeypatch, tmp_path):
+    """Passive waiting exactly when large GEMMs are expected on OpenBLAS: forced, from the
+    stored measurement for this CPU and kernel, or (none stored yet) from the vector width."""
+    from deepcore.kernels.numba import gemm
+
+    from deepcore.backends import _numba_env
+    from deepcore.bench.machine import cpu_model
+
+    monkeypatch.setenv("DEEPCORE_CACHE_DIR", str(tmp_path))
+    rule = _numba_env.openblas_runs_large_gemms
+    assert rule("jit", "numpy") is False
+    assert rule("blas", "numpy") is True
+    assert rule("auto", "numpy") is (gemm.VECTOR_BYTES < 64)  # nothing stored yet
+    for jit in (True, False):
+        key = _gemm_choice.machine_key(cpu_model(), gemm.kernel_id(), "b", 2, "float32", "v")
+        c = _gemm_choice.Choice(jit, 1.0, 2.0, "now")
+        _gemm_choice.save(_gemm_choice.cache_path(), key, {"small": c, "large": c})
+        assert rule("auto", "numpy") is (not jit)
+    monkeypatch.setattr(_numba_env, "_mkl_installed", lambda: True)
+    assert rule("blas", "auto") is False  # MKL is the BLAS: its threads are libgomp's
