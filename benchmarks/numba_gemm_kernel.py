@@ -68,8 +68,7 @@ def main() -> None:
                 a, False, b, False, c, one, zero, ws, g.DIRECT_B, *ep0
             )
         if size <= 64:
-            with k._config.slp_vectorize():  # as the backend compiles it
-                k.step.small_gemm(a, False, b, c_jit)
+            k.step.small_gemm(a, False, b, c_jit)  # compile
             jits["small_gemm (compiled step)"] = lambda a=a, b=b, c=c_jit: k.step.small_gemm(
                 a, False, b, c
             )

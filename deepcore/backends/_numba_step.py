@@ -24,12 +24,12 @@ from ._numba_updates import adam_scalars
 from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
 
 #: MLPs whose step does at most this many multiply-adds per sample-batch take the compiled
-#: route (64-128-10 at batch 32: 0.3 M). Measured with both routes on the same models (2 cores):
-#: on the Xeon dev VM the one-thread compiled step beat the layered route on BLAS up to ~4 M;
-#: on the Zen 5 VM, against the layered route on the JIT GEMM, up to ~2.2 M (64-256-128-10 at
-#: batch 32, 1.6 M: compiled 1.19x faster; 256-256-10 at batch 32, 2.2 M: layered 1.13x; at
-#: batch 64, 4.4 M: layered 1.49x).
-FUSED_STEP_MAX_WORK = 2_000_000
+#: route (64-128-10 at batch 32: 0.3 M). Measured with both routes on the same models (2 cores,
+#: Zen 5 VM, the layered route on the JIT GEMM): the one-thread compiled step was 1.56-2.35x
+#: faster up to 2.3 M (64-256-128-10 at batch 32, 256-256-10 at batch 32), 1.17x at 4.4 M
+#: (256-256-10 at batch 64), even at 8.7 M (256-512-10 at batch 64), and 1.28x slower at 17 M
+#: (512-512-10 at batch 64). (On the Xeon VM, against the layered route on BLAS: ~4 M.)
+FUSED_STEP_MAX_WORK = 8_000_000
 _PLANS_MAX = 64
 
 
@@ -41,10 +41,9 @@ class _Plan:
 
 
 class NumbaStepMixin(Backend):
-    """fused_mlp_step for NumbaBackend (needs its _k, _run, _dummy and per-layer methods)."""
+    """fused_mlp_step for NumbaBackend (needs its _k, _dummy and per-layer methods)."""
 
     _k: Any
-    _run: Any
     _dummy: Any
     _matmul: Any
     _matmul_fused: Any
@@ -137,7 +136,7 @@ class NumbaStepMixin(Backend):
         opt = k.SGD if optimizer == "sgd" else k.ADAM
         args = (*plan.params, plan.codes, dt.type(alpha), x, labels, opt, *plan.flat, plan.hp,
                 plan.flags, *ws, loss)  # fmt: skip
-        if not self._run(k.mlp_step, ("step", plan.nl, dt.char), *args):
+        if not k.mlp_step(*args):
             raise IndexError(f"labels must lie in [0, {weights[-1].shape[0]})")
         if logits_out is not None:
             logits_out[...] = ws[1][-1]  # this step's logits (before the update)
@@ -203,16 +202,20 @@ class NumbaStepMixin(Backend):
         return p
 
     def _workspace(self, plan: _Plan, m: int) -> tuple[Any, ...]:
-        """Per-layer buffers for batch m: z, a, d (m x out) and the transposed weights."""
+        """Per-layer buffers for batch m: z, a, d (m x out), each weight's packed transpose
+        (whole NR-wide strips), and one MR x NR edge tile."""
         ws = plan.ws.get(m)
         if ws is None:
             dt = plan.dt
+            g = self._k.gemm
+            nr = g.nr_of(dt)
             outs = [w.shape[0] for w in plan.params[0]]
             zs = tuple(np.empty((m, o), dt) for o in outs)
             as_ = tuple(np.empty((m, o), dt) for o in outs)
             ds = tuple(np.empty((m, o), dt) for o in outs)
-            wts = tuple(np.empty(w.shape[::-1], dt) for w in plan.params[0])
-            ws = plan.ws[m] = (zs, as_, ds, wts)
+            wts = tuple(np.empty(-(-o // nr) * nr * w.shape[1], dt)
+                        for o, w in zip(outs, plan.params[0], strict=True))  # fmt: skip
+            ws = plan.ws[m] = (zs, as_, ds, wts, np.empty(g.MR * nr, dt))
         return ws
 
     def _openblas_threads(self, m: int, plan: _Plan) -> bool:
@@ -303,7 +306,7 @@ class NumbaStepMixin(Backend):
                 )  # fmt: skip
             par = rest[-1] >= self.parallel_step_update and not self._openblas_threads(m, plan)
             fn = k.update_params_parallel if par else k.update_params
-            self._run(fn, ("update_params", par, len(rest[0]), dt.char), *rest[:5], opt,
+            fn(*rest[:5], opt,
                       plan.hp, plan.flags)  # fmt: skip
             return loss
         h = hyper

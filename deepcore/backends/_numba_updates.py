@@ -1,7 +1,7 @@
 """The Numba backend's fused losses and in-place optimizer updates (one pass each).
 
 A mixin of NumbaBackend (deepcore/backends/numba.py): it uses the backend's kernel namespace
-`_k`, `_run`, `_dummy` and `_jit_ok`, and falls back to the base class (`super()`) for inputs the
+`_k`, `_dummy` and `_jit_ok`, and falls back to the base class (`super()`) for inputs the
 kernels do not take (non-contiguous arrays, a foreign dtype).
 """
 
@@ -59,7 +59,7 @@ class NumbaLossUpdateMixin:
         grad = np.empty(logits.shape, logits.dtype) if grad_out is None else grad_out
         loss = np.empty((), logits.dtype)
         fn = self._k.losses.softmax_cross_entropy
-        if not self._run(fn, ("sce",), logits, labels, grad, loss):
+        if not fn(logits, labels, grad, loss):
             raise IndexError(f"labels must lie in [0, {logits.shape[1]})")
         return loss, grad
 
@@ -68,7 +68,7 @@ class NumbaLossUpdateMixin:
             return super().bce_with_logits(logits, targets, grad_out)
         grad = np.empty(logits.shape, logits.dtype) if grad_out is None else grad_out
         loss = np.empty((), logits.dtype)
-        self._run(self._k.losses.bce_with_logits, ("bce",), logits, targets, grad, loss)
+        self._k.losses.bce_with_logits(logits, targets, grad, loss)
         return loss, grad
 
     def mse(self, pred: Any, target: Any, grad_out: Any = None) -> tuple[Any, Any]:
@@ -76,7 +76,7 @@ class NumbaLossUpdateMixin:
             return super().mse(pred, target, grad_out)
         grad = np.empty(pred.shape, pred.dtype) if grad_out is None else grad_out
         loss = np.empty((), pred.dtype)
-        self._run(self._k.losses.mse, ("mse",), pred, target, grad, loss)
+        self._k.losses.mse(pred, target, grad, loss)
         return loss, grad
 
     # ------------------------------------------------------------------ optimizers
@@ -101,9 +101,9 @@ class NumbaLossUpdateMixin:
         o = self._k.optimizers
         n = flat[0].shape[0]
         if n >= PARALLEL_ELEMENTS:
-            self._run(getattr(o, name), (name,), *flat, *scalars)
+            getattr(o, name)(*flat, *scalars)
         else:
-            self._run(getattr(o, name + "_range"), (name + "_range",), 0, n, *flat, *scalars)
+            getattr(o, name + "_range")(0, n, *flat, *scalars)
 
     def sgd_update(
         self,

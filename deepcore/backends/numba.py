@@ -57,19 +57,9 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
         super().__init__()
         check_blas(self.blas)  # DEEPCORE_NUMBA_BLAS, checked up front (MKL loads on first use)
         self._k = _kernels(self.gemm_impl, self.blas)
-        self._compiled: set[tuple[Any, ...]] = set()
         self._dummies: dict[tuple[str, int], np.ndarray] = {}
 
     # ------------------------------------------------------------------ plumbing
-    def _run(self, fn: Any, key: tuple[Any, ...], *args: Any) -> Any:
-        """Call a kernel; its first call per key compiles with SLP vectorization on."""
-        if key in self._compiled:
-            return fn(*args)
-        with self._k._config.slp_vectorize():
-            result = fn(*args)
-        self._compiled.add(key)
-        return result
-
     def _dummy(self, dtype: Any, ndim: int) -> np.ndarray:
         """An empty array standing in for an unused optional operand (one type per dtype)."""
         key = (np.dtype(dtype), ndim)
@@ -98,7 +88,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
             return super().bias_grad(dy, out=out, accumulate=accumulate)
         if out is None:
             out = np.empty(dy.shape[1], dy.dtype)
-        self._run(self._k.elementwise.bias_grad, ("bias_grad",), dy, out, bool(accumulate))
+        self._k.elementwise.bias_grad(dy, out, bool(accumulate))
         return out
 
     # ------------------------------------------------------------------ activations
@@ -125,9 +115,9 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
             pre is not None,
         )
         if par:
-            self._run(e.bias_act, ("bias_act", z.dtype.char), *args)
+            e.bias_act(*args)
         else:
-            self._run(e.bias_act_rows, ("bias_act_rows", z.dtype.char), 0, z.shape[0], *args)
+            e.bias_act_rows(0, z.shape[0], *args)
         return out
 
     def activation(self, kind: str, x: Any, alpha: float = 0.01, out: Any = None) -> Any:
@@ -152,9 +142,9 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
         args = (code, dy, xx, y if y is not None else d2, dy.dtype.type(alpha), out)
         e = self._k.elementwise
         if dy.size >= PARALLEL_ELEMENTS:
-            self._run(e.act_backward, ("act_backward",), *args)
+            e.act_backward(*args)
         else:
-            self._run(e.act_backward_rows, ("act_backward_rows",), 0, dy.shape[0], *args)
+            e.act_backward_rows(0, dy.shape[0], *args)
         return out
 
     def activation_backward_bias_grad(
@@ -195,9 +185,9 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
         )
         e = self._k.elementwise
         if dy.size >= PARALLEL_ELEMENTS:
-            self._run(e.act_backward_bias_grad, ("abbg",), *args)
+            e.act_backward_bias_grad(*args)
         else:
-            self._run(e.act_backward_bias_grad_cols, ("abbg_cols",), 0, dy.shape[1], *args)
+            e.act_backward_bias_grad_cols(0, dy.shape[1], *args)
         return dx_out, db_out
 
     def linear(
@@ -226,9 +216,9 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
             out = np.empty(x.shape, x.dtype)
         e = self._k.elementwise
         if x.size >= PARALLEL_ELEMENTS:
-            self._run(e.softmax, ("softmax",), x, out)
+            e.softmax(x, out)
         else:
-            self._run(e.softmax_rows, ("softmax_rows",), 0, x.shape[0], x, out)
+            e.softmax_rows(0, x.shape[0], x, out)
         return out
 
     # ------------------------------------------------------------------ setup

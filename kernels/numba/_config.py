@@ -7,11 +7,9 @@ kernels compile without a cache and a warning says so.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -65,19 +63,3 @@ OPTS = {"cache": CACHE, "nogil": True, "error_model": "numpy", "fastmath": False
 #: rounded multiply and a rounded add (half the FMA throughput); FMA rounds once, so results are
 #: as accurate or better and still deterministic (no reassociation, no reordering of sums).
 GEMM_OPTS = {**OPTS, "fastmath": {"contract"}}
-
-
-@contextlib.contextmanager
-def slp_vectorize() -> Iterator[None]:
-    """Compile inside this block with LLVM's SLP vectorizer on (numba leaves it off).
-
-    The GEMM micro-kernel is straight-line code over register accumulators: only the SLP pass
-    turns it into SIMD FMAs (measured 9.9 -> 122 GFLOP/s on one core). Scoped, so user code
-    compiled elsewhere in the process keeps numba's default.
-    """
-    old = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE = old

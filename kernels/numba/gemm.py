@@ -150,7 +150,8 @@ def micro(a, a0, a1, a2, a3, a4, a5, aps, b, bo, bps, kc, c, co, ldc, mr, nr, fi
     """C[tile] (=|+=) alpha * sum_p A[r, p] * B[p, :] over kc steps (+ beta * C on the first
     K block). A[r, p] is a[a_r + p*aps]; B[p, :] is b[bo + p*bps :] (bps = NR: a packed strip);
     the tile's row r starts at c[co + r*ldc]. Rows >= mr and columns >= nr are computed, not
-    stored (A's rows >= mr repeat row mr-1, so nothing is read out of bounds)."""
+    stored (A's rows >= mr repeat row mr-1, so nothing is read out of bounds); a tile narrower
+    than NR goes through tmp (MR x NR), a full-width one is stored from registers."""
     L = lanes(b)
     nr_full = NV * L
     z = vzero(b)
@@ -200,16 +201,21 @@ def micro(a, a0, a1, a2, a3, a4, a5, aps, b, bo, bps, kc, c, co, ldc, mr, nr, fi
         if NV == 4:
             c52 = vfma(x, b2, c52)
             c53 = vfma(x, b3, c53)
-    if mr == MR and nr == nr_full:
+    if nr == nr_full:  # whole rows of the block: vector stores of the first mr
         va = vsplat(b, alpha)
         vb = vsplat(b, beta)
         zb = beta == 0
         _store(c, co, ldc, 0, c00, c01, c02, c03, NV, first, va, vb, zb, L)
-        _store(c, co, ldc, 1, c10, c11, c12, c13, NV, first, va, vb, zb, L)
-        _store(c, co, ldc, 2, c20, c21, c22, c23, NV, first, va, vb, zb, L)
-        _store(c, co, ldc, 3, c30, c31, c32, c33, NV, first, va, vb, zb, L)
-        _store(c, co, ldc, 4, c40, c41, c42, c43, NV, first, va, vb, zb, L)
-        _store(c, co, ldc, 5, c50, c51, c52, c53, NV, first, va, vb, zb, L)
+        if mr > 1:
+            _store(c, co, ldc, 1, c10, c11, c12, c13, NV, first, va, vb, zb, L)
+        if mr > 2:
+            _store(c, co, ldc, 2, c20, c21, c22, c23, NV, first, va, vb, zb, L)
+        if mr > 3:
+            _store(c, co, ldc, 3, c30, c31, c32, c33, NV, first, va, vb, zb, L)
+        if mr > 4:
+            _store(c, co, ldc, 4, c40, c41, c42, c43, NV, first, va, vb, zb, L)
+        if mr > 5:
+            _store(c, co, ldc, 5, c50, c51, c52, c53, NV, first, va, vb, zb, L)
         return
     _spill(tmp, 0, c00, c01, c02, c03, L)  # the block to tmp unscaled, then its mr x nr corner
     _spill(tmp, nr_full, c10, c11, c12, c13, L)
