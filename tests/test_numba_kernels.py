@@ -260,3 +260,23 @@ def test_ieee_kernels_keep_their_flags_when_first_reached_from_a_gemm_kernel():
     inner(got_inner, g, lr)
     np.testing.assert_array_equal(got_outer, want)
     np.testing.assert_array_equal(got_inner, want)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_parallel_softmax_cross_entropy_equals_the_serial_kernel_bitwise(nb, dt):
+    """Large logits take the row-parallel kernel: the same loss and gradient bits as the
+    serial one (row terms summed in row order), and the same refusal of a bad label."""
+    from deepcore.backends import _numba_updates
+
+    lk = nb._k.losses
+    rng = np.random.default_rng(5)
+    m, n = 300, _numba_updates.PARALLEL_LOSS_ELEMENTS // 300 + 1  # just above the threshold
+    z = rand(rng, (m, n), dt) * 3
+    y = rng.integers(0, n, m)
+    loss, grad = nb.softmax_cross_entropy(z, y)
+    want_loss, want_grad = np.empty((), dt), np.empty((m, n), dt)
+    assert lk.softmax_cross_entropy(z, y, want_grad, want_loss)
+    assert loss == want_loss and np.array_equal(grad, want_grad)
+    y[7] = n
+    with pytest.raises(IndexError, match="labels must lie in"):
+        nb.softmax_cross_entropy(z, y)

@@ -20,6 +20,10 @@ _FLOAT_TYPES = (np.float32, np.float64)
 #: the mnist step (2 cores, BLAS GEMMs between them): parallel at 64 Ki elements was slower than
 #: serial (6.6 vs 5.9 ms per step), so only arrays of 1 Mi elements and up go parallel.
 PARALLEL_ELEMENTS = 1 << 20
+#: Logits from which softmax cross-entropy runs in parallel: ~5 ns of exp and log per element,
+#: so a few tens of thousands already outweigh starting the threads (wide's 512 x 1024 logits:
+#: 2.2 ms serial).
+PARALLEL_LOSS_ELEMENTS = 1 << 15
 
 
 def adam_scalars(
@@ -41,6 +45,7 @@ class NumbaLossUpdateMixin:
     """softmax_cross_entropy, bce_with_logits, mse, sgd_update, adam_update, rmsprop_update."""
 
     _k: Any
+    scratch: Any
 
     def _loss_ok(self, a: Any, b: Any, grad_out: Any) -> bool:
         return self._jit_ok(a, b, grad_out) and b.shape == a.shape
@@ -58,8 +63,13 @@ class NumbaLossUpdateMixin:
             raise ShapeError(f"labels have shape {labels.shape}, expected ({logits.shape[0]},)")
         grad = np.empty(logits.shape, logits.dtype) if grad_out is None else grad_out
         loss = np.empty((), logits.dtype)
-        fn = self._k.losses.softmax_cross_entropy
-        if not fn(logits, labels, grad, loss):
+        lk = self._k.losses
+        if logits.size >= PARALLEL_LOSS_ELEMENTS:  # exp-bound: parallel pays off early
+            terms = self.scratch("sce_terms", (logits.shape[0],), logits.dtype)
+            ok = lk.softmax_cross_entropy_parallel(logits, labels, grad, loss, terms)
+        else:
+            ok = lk.softmax_cross_entropy(logits, labels, grad, loss)
+        if not ok:
             raise IndexError(f"labels must lie in [0, {logits.shape[1]})")
         return loss, grad
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
+from numba import njit, prange
 
 from ._config import OPTS
+
+#: Rows per parallel chunk of softmax_cross_entropy_parallel.
+CHUNK = 16
 
 
 @njit(**OPTS)
@@ -42,6 +45,52 @@ def softmax_cross_entropy(logits, labels, grad, loss):
         for j in range(n):
             grad[i, j] = grad[i, j] / inv
     loss[()] = total / inv
+    return True
+
+
+@njit(**OPTS)
+def softmax_cross_entropy_rows(lo, hi, logits, labels, grad, terms):
+    """Rows lo..hi of softmax_cross_entropy: the gradient rows, and each row's loss term
+    (logsumexp - z[label]) in terms[i]; labels already checked."""
+    m, n = logits.shape
+    t = logits.dtype.type
+    inv = t(m)
+    for i in range(lo, hi):
+        mx = logits[i, 0]
+        for j in range(1, n):
+            if logits[i, j] > mx:
+                mx = logits[i, j]
+        lab = labels[i]
+        zl = logits[i, lab]
+        s = t(0)
+        for j in range(n):
+            e = math.exp(logits[i, j] - mx)
+            grad[i, j] = e
+            s += e
+        terms[i] = math.log(s) + mx - zl
+        for j in range(n):
+            grad[i, j] = grad[i, j] / s
+        grad[i, lab] -= t(1)
+        for j in range(n):
+            grad[i, j] = grad[i, j] / inv
+
+
+@njit(parallel=True, **OPTS)
+def softmax_cross_entropy_parallel(logits, labels, grad, loss, terms):
+    """softmax_cross_entropy over row chunks in parallel, the row terms then summed in row
+    order: the same operations, so the same bits, as the serial kernel (tested)."""
+    m, n = logits.shape
+    for i in range(m):
+        if labels[i] < 0 or labels[i] >= n:
+            return False
+    for c in prange(-(-m // CHUNK)):
+        softmax_cross_entropy_rows(c * CHUNK, min(m, c * CHUNK + CHUNK), logits, labels, grad,
+                                   terms)  # fmt: skip
+    t = logits.dtype.type
+    total = t(0)
+    for i in range(m):
+        total += terms[i]
+    loss[()] = total / t(m)
     return True
 
 
