@@ -253,6 +253,11 @@ def test_vector_width_and_register_block_agree_with_the_host(nb):
 def test_kernel_on_a_256_bit_avx2_target(tmp_path):
     """The 16-register, 256-bit variant (NV = 2) that AVX2-only hosts get: compiled for a
     Haswell target in a fresh process (its own Numba cache) and checked against NumPy."""
+    import llvmlite.binding as ll
+
+    host = ll.get_host_cpu_features()
+    if not (host.get("avx2") and host.get("fma")):
+        pytest.skip("this host cannot run AVX2 code")
     features = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fxsr,+lzcnt,+mmx,"
                 "+movbe,+popcnt,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave")  # fmt: skip
     code = """
