@@ -8,7 +8,6 @@ row dot products for narrow outputs) is planned once per shape and thread count.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from typing import Any
 
@@ -69,6 +68,7 @@ class NumbaGemmMixin(Backend):
         except ImportError:
             return "numpy's BLAS"
         pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        pools = [p for p in pools if p.get("internal_api") != "mkl"] or pools  # NumPy's own
         if not pools:
             return "numpy's BLAS"
         p = pools[0]
@@ -90,17 +90,16 @@ class NumbaGemmMixin(Backend):
         found = mem.get(key)
         if found is not None:
             return found
-        from .. import threads
+        from .. import __version__, threads
         from ..bench.machine import cpu_model
 
-        version = importlib.metadata.version("deepcore")
         file_key = _gemm_choice.machine_key(
             cpu_model(),
             self._k.gemm.kernel_id(),
             self._blas_name(),
             threads.get_num_threads(),
             dt.name,
-            version,
+            __version__,
         )
         path = _gemm_choice.cache_path()
         found = _gemm_choice.load(path, file_key)
@@ -148,6 +147,8 @@ class NumbaGemmMixin(Backend):
         plans = self.__dict__.setdefault("_jit_plans", {})
         plan = plans.get(key)
         if plan is None:
+            if len(plans) >= 4096:  # many distinct shapes (e.g. varying batch sizes): start over
+                plans.clear()
             g = self._k.gemm
             nr = g.nr_of(dt)
             par = nthreads > 1 and m * n * k >= PARALLEL_GEMM_WORK

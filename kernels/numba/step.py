@@ -23,8 +23,9 @@ from numba import njit, prange
 
 from ._config import GEMM_OPTS, OPTS
 from .elementwise import IDENTITY, RELU, act, act_grad
-from .gemm import MR, NV, dot_rows, micro, pack_b
+from .gemm import dot_rows, pack_b
 from .losses import softmax_cross_entropy
+from .micro import MR, NV, micro
 from .optimizers import ADAM, CHUNK, SGD, update_flat
 from .simd import lanes
 
