@@ -25,7 +25,7 @@ from numba import njit, prange
 
 from ._config import GEMM_OPTS
 from .elementwise import bias_act_flat
-from .micro import MR, NV, micro
+from .micro import MR, NV, NV_HALF, micro
 from .optimizers import update_flat
 from .simd import (
     VECTOR_BYTES,
@@ -150,6 +150,7 @@ def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode, e
     cf = c.reshape(-1)
     L = lanes(ws)
     nr = NV * L
+    half = NV_HALF * L
     ncols = NC_STRIPS * nr
     pb = ws[: KC * ncols]
     tmp = ws[KC * ncols : KC * ncols + MR * nr]
@@ -184,12 +185,16 @@ def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode, e
                 for s in range(-(-nc // nr)):
                     j0 = jc + s * nr
                     w = min(nr, jc + nc - j0)
-                    if direct and w == nr:
+                    if direct and (w == nr or w == half):
                         bsrc, bo, bps = bf, p0 * ldb + j0, ldb
                     else:
                         bsrc, bo, bps = pb, s * nr * kc, nr
-                    micro(src, o0, o1, o2, o3, o4, o5, aps, bsrc, bo, bps, kc, cf, i0 * n + j0, n,
-                          mr, w, first, alpha, beta, tmp)  # fmt: skip
+                    if w > half:
+                        micro(src, o0, o1, o2, o3, o4, o5, aps, bsrc, bo, bps, kc, cf,
+                              i0 * n + j0, n, mr, w, first, alpha, beta, tmp, NV)  # fmt: skip
+                    else:  # a narrow last strip: the half-width block computes less padding
+                        micro(src, o0, o1, o2, o3, o4, o5, aps, bsrc, bo, bps, kc, cf,
+                              i0 * n + j0, n, mr, w, first, alpha, beta, tmp, NV_HALF)  # fmt: skip
                 if ep[0] >= 0 and kb == nkb - 1:  # these rows of C are final: the update
                     for r in range(mr):
                         lo = (i0 + r) * n + jc

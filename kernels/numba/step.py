@@ -25,7 +25,7 @@ from ._config import GEMM_OPTS, OPTS
 from .elementwise import IDENTITY, RELU, act, act_grad
 from .gemm import dot_rows, pack_b
 from .losses import softmax_cross_entropy
-from .micro import MR, NV, micro
+from .micro import MR, NV, NV_HALF, micro
 from .optimizers import ADAM, CHUNK, SGD, update_flat
 from .simd import lanes
 
@@ -92,12 +92,14 @@ def _edge(a, ta, b, c, i_lo, i_hi, j_lo, j_hi):
 def small_gemm(a, ta, b, c):
     """c = op(a) @ b, op(a) = a.T when ta; b row-major (k, n), read in place (no packing).
     Whole NR-wide column strips run the GEMM's register-blocked micro-kernel (the last row
-    strip may be short), the last columns rank-1 updates; every sum runs over k in order, one
-    FMA chain per element."""
+    strip may be short), then a half-width strip where one fits, the last columns rank-1
+    updates; every sum runs over k in order, one FMA chain per element."""
     m, n = c.shape
     k = b.shape[0]
     nr = NV * lanes(c)
-    nb = n - n % nr
+    nb = n - n % nr  # whole strips end here
+    half = nr // 2
+    nh = nb + half if NV >= 2 and n - nb >= half else nb  # then perhaps one half strip
     af = a.reshape(-1)
     bf = b.reshape(-1)
     cf = c.reshape(-1)
@@ -116,9 +118,12 @@ def small_gemm(a, ta, b, c):
             o4, o5 = o0 + min(4, last) * lda, o0 + min(5, last) * lda
         for j0 in range(0, nb, nr):
             micro(af, o0, o1, o2, o3, o4, o5, aps, bf, j0, n, k, cf, i0 * n + j0, n, last + 1, nr,
-                  True, one, zero, cf)  # fmt: skip
-    if nb < n:
-        _edge(a, ta, b, c, 0, m, nb, n)
+                  True, one, zero, cf, NV)  # fmt: skip
+        if nh > nb:  # a half-width strip (NV // 2 vectors) before the last columns
+            micro(af, o0, o1, o2, o3, o4, o5, aps, bf, nb, n, k, cf, i0 * n + nb, n, last + 1,
+                  nh - nb, True, one, zero, cf, NV_HALF)  # fmt: skip
+    if nh < n:
+        _edge(a, ta, b, c, 0, m, nh, n)
 
 
 @njit(**GEMM_OPTS)
@@ -140,7 +145,7 @@ def packed_gemm(a, pb, c, tmp):
         for s in range(-(-n // nr)):
             j0 = s * nr
             micro(af, o0, o1, o2, o3, o4, o5, 1, pb, s * nr * k, nr, k, cf, i0 * n + j0, n,
-                  last + 1, min(nr, n - j0), True, one, zero, tmp)  # fmt: skip
+                  last + 1, min(nr, n - j0), True, one, zero, tmp, NV)  # fmt: skip
 
 
 @njit(**GEMM_OPTS)
