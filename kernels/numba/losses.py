@@ -13,12 +13,36 @@ CHUNK = 16
 
 
 @njit(**OPTS)
-def softmax_cross_entropy(logits, labels, grad, loss):
-    """loss[()] = mean over rows of logsumexp(z) - z[label]; grad = (softmax(z) - onehot) / n.
+def _sce_row(i, logits, labels, grad, inv):
+    """Row i: grad[i] = (softmax(z) - onehot) / inv; returns logsumexp(z) - z[label]. One pass
+    for the max, one for exp and its sum, one for the gradient."""
+    n = logits.shape[1]
+    t = logits.dtype.type
+    mx = logits[i, 0]
+    for j in range(1, n):
+        if logits[i, j] > mx:
+            mx = logits[i, j]
+    lab = labels[i]
+    zl = logits[i, lab]
+    s = t(0)
+    for j in range(n):
+        e = math.exp(logits[i, j] - mx)
+        grad[i, j] = e
+        s += e
+    term = math.log(s) + mx - zl
+    for j in range(n):
+        grad[i, j] = grad[i, j] / s
+    grad[i, lab] -= t(1)
+    for j in range(n):
+        grad[i, j] = grad[i, j] / inv
+    return term
 
-    One pass per row: max, then exp and its sum, then the gradient. grad may be logits.
-    Returns False, touching nothing, when a label is out of range.
-    """
+
+@njit(**OPTS)
+def softmax_cross_entropy(logits, labels, grad, loss):
+    """loss[()] = mean over rows of logsumexp(z) - z[label]; grad = (softmax(z) - onehot) / n,
+    rows in order. grad may be logits. Returns False, touching nothing, when a label is out of
+    range."""
     m, n = logits.shape
     for i in range(m):
         if labels[i] < 0 or labels[i] >= n:
@@ -27,52 +51,18 @@ def softmax_cross_entropy(logits, labels, grad, loss):
     total = t(0)
     inv = t(m)
     for i in range(m):
-        mx = logits[i, 0]
-        for j in range(1, n):
-            if logits[i, j] > mx:
-                mx = logits[i, j]
-        lab = labels[i]
-        zl = logits[i, lab]
-        s = t(0)
-        for j in range(n):
-            e = math.exp(logits[i, j] - mx)
-            grad[i, j] = e
-            s += e
-        total += math.log(s) + mx - zl
-        for j in range(n):
-            grad[i, j] = grad[i, j] / s
-        grad[i, lab] -= t(1)
-        for j in range(n):
-            grad[i, j] = grad[i, j] / inv
+        total += _sce_row(i, logits, labels, grad, inv)
     loss[()] = total / inv
     return True
 
 
 @njit(**OPTS)
 def softmax_cross_entropy_rows(lo, hi, logits, labels, grad, terms):
-    """Rows lo..hi of softmax_cross_entropy: the gradient rows, and each row's loss term
-    (logsumexp - z[label]) in terms[i]; labels already checked."""
-    m, n = logits.shape
-    t = logits.dtype.type
-    inv = t(m)
+    """Rows lo..hi of softmax_cross_entropy: the gradient rows, and each row's loss term in
+    terms[i]; labels already checked."""
+    inv = logits.dtype.type(logits.shape[0])
     for i in range(lo, hi):
-        mx = logits[i, 0]
-        for j in range(1, n):
-            if logits[i, j] > mx:
-                mx = logits[i, j]
-        lab = labels[i]
-        zl = logits[i, lab]
-        s = t(0)
-        for j in range(n):
-            e = math.exp(logits[i, j] - mx)
-            grad[i, j] = e
-            s += e
-        terms[i] = math.log(s) + mx - zl
-        for j in range(n):
-            grad[i, j] = grad[i, j] / s
-        grad[i, lab] -= t(1)
-        for j in range(n):
-            grad[i, j] = grad[i, j] / inv
+        terms[i] = _sce_row(i, logits, labels, grad, inv)
 
 
 @njit(parallel=True, **OPTS)
