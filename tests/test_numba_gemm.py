@@ -423,3 +423,15 @@ def test_wait_policy_rule_reads_the_stored_choice(monkeypatch, tmp_path):
         assert rule("auto", "numpy") is (not jit)
     monkeypatch.setattr(_numba_env, "_mkl_installed", lambda: True)
     assert rule("blas", "auto") is False  # MKL is the BLAS: its threads are libgomp's
+
+
+def test_a_bad_gemm_setting_is_one_clear_cli_line():
+    """DEEPCORE_NUMBA_GEMM is checked when the backend starts: one line naming the setting,
+    exit code 2, no traceback, before any compiling."""
+    env = {**os.environ, "DEEPCORE_NUMBA_GEMM": "fast"}
+    argv = ["train", "--backend", "numba", "--epochs", "1"]
+    run = subprocess.run([sys.executable, "-m", "deepcore.cli", *argv], env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2
+    assert "gemm_impl must be auto, jit or blas, not 'fast'" in run.stderr
+    assert "Traceback" not in run.stderr and "compiling" not in run.stdout + run.stderr

@@ -35,6 +35,12 @@ def check_blas(choice: str) -> str:
     return choice
 
 
+def check_gemm_impl(choice: str) -> str:
+    if choice not in ("auto", "jit", "blas"):
+        raise ValueError(f"NumbaBackend.gemm_impl must be auto, jit or blas, not {choice!r}")
+    return choice
+
+
 class NumbaGemmMixin(Backend):
     """gemm and the backend-internal `_matmul` for NumbaBackend (needs its `_k` kernels)."""
 
@@ -131,8 +137,7 @@ class NumbaGemmMixin(Backend):
             return True
         if impl == "blas":
             return False
-        if impl != "auto":
-            raise ValueError(f"NumbaBackend.gemm_impl must be auto, jit or blas, not {impl!r}")
+        check_gemm_impl(impl)
         mem = self.__dict__.get("_choices")
         choices = mem.get(self._gemm_key(dt, nthreads)) if mem else None
         if choices is None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _mkl
-from ._numba_gemm import NumbaGemmMixin, check_blas
+from ._numba_gemm import NumbaGemmMixin, check_blas, check_gemm_impl
 from ._numba_step import FUSED_STEP_MAX_WORK, NumbaStepMixin
 from ._numba_updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin, adam_scalars
 from .base import ACTIVATIONS, check_activation
@@ -56,6 +56,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
     def __init__(self) -> None:
         super().__init__()
         check_blas(self.blas)  # DEEPCORE_NUMBA_BLAS, checked up front (MKL loads on first use)
+        check_gemm_impl(self.gemm_impl)  # DEEPCORE_NUMBA_GEMM, likewise
         self._k = _kernels(self.gemm_impl, self.blas)
         self._dummies: dict[tuple[str, int], np.ndarray] = {}
 
