@@ -1,9 +1,9 @@
 """Numba backend: NumPy arrays, hot paths in @njit kernels (deepcore.kernels.numba).
 
 numba is imported only when this backend is instantiated (never by `import deepcore`). GEMMs go
-to the JIT kernel or to BLAS, whichever measured faster here (_numba_gemm); elementwise, loss and
-optimizer kernels are
-fused single passes; `fused_mlp_step` runs a small MLP's whole training step in one call.
+to the JIT kernel or to BLAS, whichever measured faster here (_numba_gemm); elementwise, loss
+and optimizer kernels are fused single passes; `fused_mlp_step` runs a whole training step (one
+compiled call for small MLPs, layer by layer with fused epilogues for larger ones).
 """
 
 from __future__ import annotations

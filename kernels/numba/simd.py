@@ -7,10 +7,12 @@ registers only from ~1,200 generated lines and stops doing so when a store is wr
 (measured here: 40 clean AVX-512 instructions per k step vs. spills on every step). With vector
 values the same loop is 24 lines and always compiles to 24 FMAs, 4 loads and 6 broadcasts.
 
-The vector width is the one LLVM uses natively for this host under Numba's CPU settings (probed
-once at import by compiling one 512-bit add): 64 bytes where it emits zmm registers (e.g. AMD Zen
-4/5), else 32 bytes (AVX2, and Intel AVX-512 parts whose LLVM tuning prefers 256-bit vectors).
-The probe depends only on the CPU name and features, which Numba's cache key already includes.
+The vector width is the one LLVM keeps whole for this host under Numba's CPU settings (probed
+once at import by compiling one 512-bit add): 64 bytes where it emits a zmm register, else 32
+bytes (hosts without AVX-512). Explicit 512-bit vectors stay whole even for Intel AVX-512 targets
+whose auto-vectorizer prefers 256 bits (checked with NUMBA_CPU_NAME=skylake-avx512); the probe
+guards against a target that would split them. It depends only on the CPU name and features,
+which Numba's cache key already includes.
 """
 
 from __future__ import annotations
