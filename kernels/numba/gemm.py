@@ -25,7 +25,7 @@ from numba import njit, prange
 
 from ._config import GEMM_OPTS
 from .elementwise import bias_act_flat
-from .micro import MR, NV, NV_HALF, micro
+from .micro import MR, NV, NV_HALF, micro, row_offsets
 from .optimizers import update_flat
 from .simd import (
     VECTOR_BYTES,
@@ -171,17 +171,12 @@ def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode, e
                 pack_b(bf, ldb, tb, p0, kc, jc, nc, pb)
             for i0 in range(i_lo, i_hi, MR):
                 mr = min(MR, i_hi - i0)
-                if ta:
-                    src, aps = af, lda
-                    o = p0 * lda + i0
-                    o0, o1, o2 = o, o + min(1, mr - 1), o + min(2, mr - 1)
-                    o3, o4, o5 = o + min(3, mr - 1), o + min(4, mr - 1), o + min(5, mr - 1)
-                else:
-                    src, aps = af, 1
-                    o = i0 * lda + p0
-                    o0, o1, o2 = o, o + min(1, mr - 1) * lda, o + min(2, mr - 1) * lda
-                    o3, o4 = o + min(3, mr - 1) * lda, o + min(4, mr - 1) * lda
-                    o5 = o + min(5, mr - 1) * lda
+                if ta:  # A[r, p] = a[p0 + p, i0 + r]
+                    aps = lda
+                    o0, o1, o2, o3, o4, o5 = row_offsets(p0 * lda + i0, 1, mr - 1)
+                else:  # A[r, p] = a[i0 + r, p0 + p]
+                    aps = 1
+                    o0, o1, o2, o3, o4, o5 = row_offsets(i0 * lda + p0, lda, mr - 1)
                 for s in range(-(-nc // nr)):
                     j0 = jc + s * nr
                     w = min(nr, jc + nc - j0)
@@ -190,10 +185,10 @@ def gemm_block(a, ta, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, mode, e
                     else:
                         bsrc, bo, bps = pb, s * nr * kc, nr
                     if w > half:
-                        micro(src, o0, o1, o2, o3, o4, o5, aps, bsrc, bo, bps, kc, cf,
+                        micro(af, o0, o1, o2, o3, o4, o5, aps, bsrc, bo, bps, kc, cf,
                               i0 * n + j0, n, mr, w, first, alpha, beta, tmp, NV)  # fmt: skip
                     else:  # a narrow last strip: the half-width block computes less padding
-                        micro(src, o0, o1, o2, o3, o4, o5, aps, bsrc, bo, bps, kc, cf,
+                        micro(af, o0, o1, o2, o3, o4, o5, aps, bsrc, bo, bps, kc, cf,
                               i0 * n + j0, n, mr, w, first, alpha, beta, tmp, NV_HALF)  # fmt: skip
                 if ep[0] >= 0 and kb == nkb - 1:  # these rows of C are final: the update
                     for r in range(mr):

@@ -35,6 +35,14 @@ NV = 4 if VECTOR_REGISTERS == 32 else 2
 NV_HALF = NV // 2
 
 
+@njit(inline="always", **GEMM_OPTS)
+def row_offsets(o, step, last):
+    """The six A row offsets `micro` takes: row r at o + min(r, last) * step (rows past `last`
+    repeat it, so a short strip reads nothing out of bounds)."""
+    return (o, o + min(1, last) * step, o + min(2, last) * step, o + min(3, last) * step,
+            o + min(4, last) * step, o + min(5, last) * step)  # fmt: skip
+
+
 @njit(**GEMM_OPTS)
 def _store(c, co, ldc, r, x0, x1, x2, x3, nv, first, va, vb, zero_beta, L):
     """Row r of a full-width tile: c[co + r*ldc : ... + nv*L] (=|+=) alpha * x (+ beta * c)."""

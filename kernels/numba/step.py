@@ -22,10 +22,10 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ._config import GEMM_OPTS, OPTS
-from .elementwise import IDENTITY, RELU, act, act_grad
+from .elementwise import IDENTITY, RELU, act_grad, bias_act_flat
 from .gemm import dot_rows, pack_b
 from .losses import softmax_cross_entropy
-from .micro import MR, NV, NV_HALF, micro
+from .micro import MR, NV, NV_HALF, micro, row_offsets
 from .optimizers import ADAM, CHUNK, SGD, update_flat
 from .simd import lanes
 
@@ -109,13 +109,11 @@ def small_gemm(a, ta, b, c):
     for i0 in range(0, m, MR):
         last = min(MR, m - i0) - 1  # rows past the end repeat the last (computed, not stored)
         if ta:  # A[r, p] = a[p, i0 + r]
-            o0, aps = i0, lda
-            o1, o2, o3 = o0 + min(1, last), o0 + min(2, last), o0 + min(3, last)
-            o4, o5 = o0 + min(4, last), o0 + min(5, last)
+            aps = lda
+            o0, o1, o2, o3, o4, o5 = row_offsets(i0, 1, last)
         else:  # A[r, p] = a[i0 + r, p]
-            o0, aps = i0 * lda, 1
-            o1, o2, o3 = o0 + min(1, last) * lda, o0 + min(2, last) * lda, o0 + min(3, last) * lda
-            o4, o5 = o0 + min(4, last) * lda, o0 + min(5, last) * lda
+            aps = 1
+            o0, o1, o2, o3, o4, o5 = row_offsets(i0 * lda, lda, last)
         for j0 in range(0, nb, nr):
             micro(af, o0, o1, o2, o3, o4, o5, aps, bf, j0, n, k, cf, i0 * n + j0, n, last + 1, nr,
                   True, one, zero, cf, NV)  # fmt: skip
@@ -139,9 +137,7 @@ def packed_gemm(a, pb, c, tmp):
     zero = c.dtype.type(0)
     for i0 in range(0, m, MR):
         last = min(MR, m - i0) - 1  # rows past the end repeat the last (computed, not stored)
-        o0 = i0 * k
-        o1, o2, o3 = o0 + min(1, last) * k, o0 + min(2, last) * k, o0 + min(3, last) * k
-        o4, o5 = o0 + min(4, last) * k, o0 + min(5, last) * k
+        o0, o1, o2, o3, o4, o5 = row_offsets(i0 * k, k, last)
         for s in range(-(-n // nr)):
             j0 = s * nr
             micro(af, o0, o1, o2, o3, o4, o5, 1, pb, s * nr * k, nr, k, cf, i0 * n + j0, n,
@@ -158,24 +154,10 @@ def forward_layer(a, w, wt, b, code, alpha, z, out, tmp):
     else:
         pack_b(w.reshape(-1), ni, True, 0, ni, 0, no, wt)
         packed_gemm(a, wt, z, tmp)
-    m = a.shape[0]
-    zero = alpha - alpha
-    for i in range(m):  # relu and identity get their own loops: LLVM vectorizes those
-        if code == RELU:
-            for o in range(no):
-                s = z[i, o] + b[o]
-                z[i, o] = s
-                out[i, o] = s if s > zero else zero
-        elif code == IDENTITY:
-            for o in range(no):
-                s = z[i, o] + b[o]
-                z[i, o] = s
-                out[i, o] = s
-        else:
-            for o in range(no):
-                s = z[i, o] + b[o]
-                z[i, o] = s
-                out[i, o] = act(s, code, alpha)
+    zf = z.reshape(-1)
+    of = out.reshape(-1)
+    for i in range(a.shape[0]):  # z += b, out = act(z): the layered route's kernel, row by row
+        bias_act_flat(zf, of, i * no, (i + 1) * no, b, code, alpha)
 
 
 @njit(**GEMM_OPTS)
