@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import threads
 from ..errors import BackendUnavailableError, DtypeError
 from . import _gemm_choice, _mkl
 from .base import Backend
@@ -81,8 +82,6 @@ class NumbaGemmMixin(Backend):
         return f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')}"
 
     def _gemm_key(self, dt: np.dtype, nthreads: int | None = None) -> tuple[str, Any, int]:
-        from .. import threads
-
         n = threads.get_num_threads() if nthreads is None else nthreads
         return (dt.char, check_blas(self.blas), n)
 
@@ -96,7 +95,7 @@ class NumbaGemmMixin(Backend):
         found = mem.get(key)
         if found is not None:
             return found
-        from .. import __version__, threads
+        from .. import __version__
         from ..bench.machine import cpu_model
 
         file_key = _gemm_choice.machine_key(
@@ -180,10 +179,8 @@ class NumbaGemmMixin(Backend):
                   fe: Any = None) -> Any:  # fmt: skip
         """out = alpha * op(a) @ op(b) + beta * out on the JIT kernel (out C-contiguous, not
         overlapping a or b; k >= 1). `ep` (an optimizer update) and `fe` (bias + activation)
-        are fused into the kernel's last pass over out (kernels/numba/gemm.py gemm_block); the
-        caller checks `_fusable` first."""
-        from .. import threads
-
+        are fused into the kernel's last pass over out (kernels/numba/gemm.py gemm_block); only
+        its register-blocked variants take them (see `_matmul_fused`)."""
         m, n = out.shape
         k = a.shape[0] if ta else a.shape[1]
         dt = out.dtype
@@ -220,7 +217,7 @@ class NumbaGemmMixin(Backend):
             and m * n * a2.shape[1] > MKL_MIN_WORK
             and mkl.gemm(a2, b2, out, alpha, beta)
         ):
-            return out  # fmt: skip
+            return out
         if alpha == 1.0 and beta == 0.0:
             return np.matmul(a2, b2, out=out)
         return Backend.gemm(self, a, b, ta, tb, alpha, beta, out)
@@ -230,8 +227,6 @@ class NumbaGemmMixin(Backend):
         """out = alpha * op(a) @ op(b) + beta * out on the faster GEMM for its size. For checked
         operands: 2-D, one float dtype, matching shapes, k >= 1, out C-contiguous and apart.
         `nthreads`: the current thread count, when the caller has it (saves a query)."""
-        from .. import threads
-
         m, n = out.shape
         work = m * n * (a.shape[0] if ta else a.shape[1])
         nt = threads.get_num_threads() if nthreads is None else nthreads
@@ -247,14 +242,14 @@ class NumbaGemmMixin(Backend):
         m, n = out.shape
         k = a.shape[0] if ta else a.shape[1]
         dt = out.dtype
-        if self._use_jit(m * n * k, dt, nthreads):
-            if self._jit_plan(m, n, k, ta, tb, dt, nthreads)[0] in (_SERIAL, _PARALLEL):
-                self._jit_gemm(a, ta, b, tb, out, 1.0, 0.0, nthreads, ep, fe)
-                return True
-            self._jit_gemm(a, ta, b, tb, out, 1.0, 0.0, nthreads)
-            return False
-        self._blas_gemm(a, ta, b, tb, out, 1.0, 0.0)
-        return False
+        fusable = self._use_jit(m * n * k, dt, nthreads) and self._jit_plan(
+            m, n, k, ta, tb, dt, nthreads
+        )[0] in (_SERIAL, _PARALLEL)
+        if fusable:
+            self._jit_gemm(a, ta, b, tb, out, 1.0, 0.0, nthreads, ep, fe)
+        else:
+            self._matmul(a, ta, b, tb, out, nthreads=nthreads)
+        return fusable
 
     def gemm(
         self,

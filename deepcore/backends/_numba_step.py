@@ -324,8 +324,7 @@ class NumbaStepMixin(Backend):
                 )  # fmt: skip
             par = rest[-1] >= self.parallel_step_update and not self._openblas_threads(m, plan)
             fn = k.update_params_parallel if par else k.update_params
-            fn(*rest[:5], opt,
-                      plan.hp, plan.flags)  # fmt: skip
+            fn(*rest[:5], opt, plan.hp, plan.flags)
             return loss
         h = hyper
         st = [
