@@ -2,7 +2,7 @@
 
 Run: python benchmarks/numba_gemm_threshold.py [--rounds 5]
 
-The backend measures one probe shape per size class (deepcore.backends._gemm_choice: m*n*k up
+The backend measures one probe shape per size class (deepcore.backends.numba.gemm_choice: m*n*k up
 to 64^3 and above) and runs each GEMM on the winner of its class. This script times both paths
 through NumbaBackend.gemm (so dispatch overhead counts) at many shapes, squares and the MLP
 workloads' own (x @ W.T, d.T @ x, d @ W), in alternating rounds, and prints the medians of
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from deepcore.backends import get_backend
-    from deepcore.backends._gemm_choice import size_class
+    from deepcore.backends.numba.gemm_choice import size_class
 
     be = get_backend("numba")
     print(f"warm-up (compile or cache load, and the measured choice): "

@@ -213,7 +213,7 @@ def test_remote_env_drops_only_what_deepcore_injected(monkeypatch):
     from deepcore.bench import remote
 
     fake = types.SimpleNamespace(INJECTED_ENV={"OMP_WAIT_POLICY": "passive"})
-    monkeypatch.setitem(sys.modules, "deepcore.backends._numba_env", fake)
+    monkeypatch.setitem(sys.modules, "deepcore.backends.numba.env", fake)
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     monkeypatch.setenv("DEEPCORE_SOMETHING", "kept")
     env = remote._child_env()
@@ -280,7 +280,7 @@ def test_gemm_share_uses_the_fastest_blas_measured():
     """With the numba backend on MKL the suite also measures MKL's matmul rate, and '% gemm'
     is against the faster of the two (the machine's rate), not NumPy's BLAS alone."""
     pytest.importorskip("numba")
-    from deepcore.backends import _mkl
+    from deepcore.backends.numba import mkl as _mkl
 
     cfg = bench.config_from_args(
         parse([*FAST, "--backend", "numba", "--anchors", "none", "--optimizer", "sgd"])

@@ -13,9 +13,10 @@ import pytest
 
 pytest.importorskip("numba")
 
-from deepcore.backends import _gemm_choice, get_backend  # noqa: E402
+from deepcore.backends import get_backend  # noqa: E402
 from deepcore.backends.base import ACTIVATIONS  # noqa: E402
 from deepcore.backends.numba import NumbaBackend  # noqa: E402
+from deepcore.backends.numba import gemm_choice as _gemm_choice  # noqa: E402
 
 DTYPES = ("float32", "float64")
 TOL = {"float32": 3e-6, "float64": 1e-14}
@@ -408,7 +409,7 @@ def test_wait_policy_rule_reads_the_stored_choice(monkeypatch, tmp_path):
     stored measurement for this CPU and kernel, or (none stored yet) from the vector width."""
     from deepcore.kernels.numba import gemm
 
-    from deepcore.backends import _numba_env
+    from deepcore.backends.numba import env as _numba_env
     from deepcore.bench.machine import cpu_model
 
     monkeypatch.setenv("DEEPCORE_CACHE_DIR", str(tmp_path))

@@ -266,7 +266,7 @@ def test_ieee_kernels_keep_their_flags_when_first_reached_from_a_gemm_kernel():
 def test_parallel_softmax_cross_entropy_equals_the_serial_kernel_bitwise(nb, dt):
     """Large logits take the row-parallel kernel: the same loss and gradient bits as the
     serial one (row terms summed in row order), and the same refusal of a bad label."""
-    from deepcore.backends import _numba_updates
+    from deepcore.backends.numba import updates as _numba_updates
 
     lk = nb._k.losses
     rng = np.random.default_rng(5)

@@ -1,4 +1,4 @@
-"""The Numba backend's optional MKL GEMM (deepcore.backends._mkl) and its `blas` setting."""
+"""The Numba backend's optional MKL GEMM (deepcore.backends.numba.mkl) and its `blas` setting."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 pytest.importorskip("numba")
 
-from deepcore.backends import _mkl, get_backend  # noqa: E402
+from deepcore.backends import get_backend  # noqa: E402
+from deepcore.backends.numba import mkl as _mkl  # noqa: E402
 from deepcore.errors import BackendUnavailableError  # noqa: E402
 
 MKL = _mkl.load()
@@ -22,7 +23,7 @@ def nb(monkeypatch):
     be = get_backend("numba")
     monkeypatch.setattr(be, "blas", "mkl")
     monkeypatch.setattr(be, "gemm_impl", "blas")
-    monkeypatch.setattr("deepcore.backends._numba_gemm.MKL_MIN_WORK", 0)  # small GEMMs on MKL
+    monkeypatch.setattr("deepcore.backends.numba.gemm.MKL_MIN_WORK", 0)  # small GEMMs on MKL
     return be
 
 
@@ -143,7 +144,7 @@ def test_mkl_shares_gnu_openmp_and_is_reported(nb):
 def test_small_gemms_stay_on_numpys_blas(monkeypatch):
     """On MKL, GEMMs up to MKL_MIN_WORK = m*n*k go to NumPy's BLAS (cheaper per call there),
     in the public gemm and in the layered step alike."""
-    from deepcore.backends import _numba_gemm
+    from deepcore.backends.numba import gemm as _numba_gemm
 
     be = get_backend("numba")
     monkeypatch.setattr(be, "blas", "mkl")

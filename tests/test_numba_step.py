@@ -15,7 +15,7 @@ DTYPES = ("float32", "float64")
 
 
 def _gemm_choices() -> list[str]:
-    from deepcore.backends import _mkl
+    from deepcore.backends.numba import mkl as _mkl
 
     return ["jit", "numpy"] + ([] if isinstance(_mkl.load(), str) else ["mkl"])
 
@@ -29,7 +29,7 @@ def use_gemm(nb, monkeypatch, which: str) -> None:
     monkeypatch.setattr(nb, "gemm_impl", "jit" if which == "jit" else "blas")
     if which != "jit":
         monkeypatch.setattr(nb, "blas", which)
-        monkeypatch.setattr("deepcore.backends._numba_gemm.MKL_MIN_WORK", 0)
+        monkeypatch.setattr("deepcore.backends.numba.gemm.MKL_MIN_WORK", 0)
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +267,7 @@ def test_layered_step_equals_public_methods_bitwise(nb, monkeypatch, dt, opt, hp
     serial compiled call) change nothing: three steps give the same bits as the backend's
     public per-layer methods called one by one (their updates run the parallel kernels for
     W0 and W1 here)."""
-    from deepcore.backends import _numba_updates
+    from deepcore.backends.numba import updates as _numba_updates
 
     monkeypatch.setattr(nb, "step_path", "layered")
     use_gemm(nb, monkeypatch, gemm)

@@ -30,7 +30,7 @@ from .workloads import Workload
 def _child_env() -> dict[str, str]:
     """The environment minus the variables deepcore's Numba backend set for its own pool."""
     env = dict(os.environ)
-    cfg = sys.modules.get("deepcore.backends._numba_env")
+    cfg = sys.modules.get("deepcore.backends.numba.env")
     for key, value in getattr(cfg, "INJECTED_ENV", {}).items():
         if env.get(key) == value:
             del env[key]

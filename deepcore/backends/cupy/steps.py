@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..kernels.cuda import geometry
-from .base import Backend
+from ...kernels.cuda import geometry
+from ..base import Backend
 
 
 class CupyStepsMixin(Backend):

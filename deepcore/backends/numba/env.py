@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 
-from . import _gemm_choice
+from . import gemm_choice
 
 #: Variables set here, so tools can tell them from the user's (deepcore.bench.remote starts its
 #: anchors without them).
@@ -35,16 +35,16 @@ def _mkl_installed() -> bool:
 
 def openblas_runs_large_gemms(gemm_impl: str, blas: str) -> bool:
     """Whether the backend's large GEMMs are expected on OpenBLAS: `gemm_impl` forces it, else
-    the machine's stored choice (see _gemm_choice) or, before one is measured, the vector width
+    the machine's stored choice (see gemm_choice) or, before one is measured, the vector width
     (the JIT kernel was the faster where it gets 512-bit registers; BLAS elsewhere)."""
     if gemm_impl == "jit" or (blas != "numpy" and _mkl_installed()):
         return False
     if gemm_impl == "blas":
         return True
-    from ..bench.machine import cpu_model
-    from ..kernels.numba import gemm
+    from ...bench.machine import cpu_model
+    from ...kernels.numba import gemm
 
-    stored = _gemm_choice.expects_jit(_gemm_choice.cache_path(), cpu_model(), gemm.kernel_id())
+    stored = gemm_choice.expects_jit(gemm_choice.cache_path(), cpu_model(), gemm.kernel_id())
     if stored is not None:
         return not stored
     return gemm.VECTOR_BYTES < 64

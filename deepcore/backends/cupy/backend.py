@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CudaOutOfMemoryError, DtypeError
-from ..kernels.cuda import geometry, source
-from ..kernels.cuda.spec import KERNELS, kernels_in, marshal
-from ._cupy_probe import INSTALL_HINT as INSTALL_HINT  # re-exported
-from ._cupy_probe import _text, _version
-from ._cupy_probe import probe as probe  # the registry calls deepcore.backends.cupy.probe
-from ._cupy_steps import CupyStepsMixin
-from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, array_backend_name, check_activation
+from ...errors import CudaOutOfMemoryError, DtypeError
+from ...kernels.cuda import geometry, source
+from ...kernels.cuda.spec import KERNELS, kernels_in, marshal
+from ..base import ACTIVATIONS, FLOAT_DTYPES, Backend, array_backend_name, check_activation
+from .probe import INSTALL_HINT as INSTALL_HINT  # re-exported
+from .probe import _text, _version
+from .probe import probe as probe  # the registry calls deepcore.backends.cupy.probe
+from .steps import CupyStepsMixin
 
 #: NVRTC options for every module (CuPy adds the architecture of the device itself).
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)

@@ -1,7 +1,7 @@
 """The Numba backend's GEMMs (a mixin of NumbaBackend, split from numba.py for size).
 
 Each GEMM runs on the JIT kernel (deepcore.kernels.numba.gemm) or on BLAS (MKL when the optional
-`mkl` package is installed and selected, else NumPy's), whichever `_gemm_choice` measured faster
+`mkl` package is installed and selected, else NumPy's), whichever `gemm_choice` measured faster
 on this machine for the GEMM's size class. The kernel's variant (one thread, a thread grid, or
 row dot products for narrow outputs) is planned once per shape and thread count.
 """
@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import threads
-from ..errors import BackendUnavailableError, DtypeError
-from . import _gemm_choice, _mkl
-from .base import Backend
+from ... import threads
+from ...errors import BackendUnavailableError, DtypeError
+from ..base import Backend
+from . import gemm_choice
+from . import mkl as _mkl
 
 #: m*n*k up to which GEMMs stay on NumPy's BLAS when BLAS runs on MKL: OpenBLAS runs these on
 #: one thread and MKL's fixed cost per call is higher (32x128x10: 2.2 vs 11.6 us; 64^3: 5.1 vs
@@ -95,10 +96,10 @@ class NumbaGemmMixin(Backend):
         found = mem.get(key)
         if found is not None:
             return found
-        from .. import __version__
-        from ..bench.machine import cpu_model
+        from ... import __version__
+        from ...bench.machine import cpu_model
 
-        file_key = _gemm_choice.machine_key(
+        file_key = gemm_choice.machine_key(
             cpu_model(),
             self._k.gemm.kernel_id(),
             self._blas_name(),
@@ -106,24 +107,24 @@ class NumbaGemmMixin(Backend):
             dt.name,
             __version__,
         )
-        path = _gemm_choice.cache_path()
-        found = _gemm_choice.load(path, file_key)
+        path = gemm_choice.cache_path()
+        found = gemm_choice.load(path, file_key)
         if found is None:
             if not measure:
                 return None
             found = self._measure_gemm(dt)
-            _gemm_choice.save(path, file_key, found)
+            gemm_choice.save(path, file_key, found)
         mem[key] = found
         return found
 
     def _measure_gemm(self, dt: np.dtype) -> dict[str, Any]:
         rng = np.random.default_rng(0)
         out: dict[str, Any] = {}
-        for cls, (m, n, k) in _gemm_choice.PROBES.items():
+        for cls, (m, n, k) in gemm_choice.PROBES.items():
             a = rng.standard_normal((m, k)).astype(dt)
             b = rng.standard_normal((k, n)).astype(dt)
             c1, c2 = np.empty((m, n), dt), np.empty((m, n), dt)
-            out[cls] = _gemm_choice.measure(
+            out[cls] = gemm_choice.measure(
                 lambda a=a, b=b, c=c1: self._jit_gemm(a, False, b, False, c, 1.0, 0.0),
                 lambda a=a, b=b, c=c2: self._blas_gemm(a, False, b, False, c, 1.0, 0.0),
                 m * n * k,
@@ -141,7 +142,7 @@ class NumbaGemmMixin(Backend):
         choices = mem.get(self._gemm_key(dt, nthreads)) if mem else None
         if choices is None:
             choices = self.gemm_choices(dt)
-        return bool(choices[_gemm_choice.size_class(work)].jit)
+        return bool(choices[gemm_choice.size_class(work)].jit)
 
     # ------------------------------------------------------------------ the two GEMMs
     def _jit_plan(self, m: int, n: int, k: int, ta: bool, tb: bool, dt: np.dtype,
@@ -295,7 +296,7 @@ class NumbaGemmMixin(Backend):
                 parts.append(
                     f"{name}: small {ch['small'].describe()}, large {ch['large'].describe()}"
                 )
-        where = _gemm_choice.cache_path() or "not saved: no writable cache directory"
+        where = gemm_choice.cache_path() or "not saved: no writable cache directory"
         if not parts:
             return f"auto (jit or blas, measured on first use; kept in {where})"
         return f"auto; {'; '.join(parts)}; kept in {where}"

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _mkl
-from ._numba_gemm import NumbaGemmMixin, check_blas, check_gemm_impl
-from ._numba_step import FUSED_STEP_MAX_WORK, NumbaStepMixin
-from ._numba_updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin, adam_scalars
-from .base import ACTIVATIONS, check_activation
+from ..base import ACTIVATIONS, check_activation
+from . import mkl as _mkl
+from .gemm import NumbaGemmMixin, check_blas, check_gemm_impl
+from .step import FUSED_STEP_MAX_WORK, NumbaStepMixin
+from .updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin, adam_scalars
 
 __all__ = ["FUSED_STEP_MAX_WORK", "NumbaBackend", "adam_scalars", "probe"]
 
@@ -38,7 +38,7 @@ def probe(device: int | None = None) -> tuple[bool, str]:
 
 def _kernels(gemm_impl: str, blas: str) -> Any:
     """The kernel modules (imports numba), after the OpenMP wait policy is chosen."""
-    from . import _numba_env
+    from . import env as _numba_env
 
     _numba_env.set_wait_policy(gemm_impl, blas)
     names = ("gemm", "simd", "elementwise", "losses", "optimizers", "step", "_config")
@@ -234,7 +234,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
         return time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
-        from .. import threads
+        from ... import threads
 
         cfg = self._k._config
         return {

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShapeError
+from ...errors import ShapeError
 
 #: Float types the kernels take (comparing dtype.type is much cheaper than dtype.name).
 _FLOAT_TYPES = (np.float32, np.float64)

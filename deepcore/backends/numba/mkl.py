@@ -122,7 +122,7 @@ def load() -> Mkl | str:
     if "MKL_CBWR" not in os.environ:
         lib.MKL_CBWR_Set(_CBWR_AUTO_STRICT)  # fails harmlessly if MKL already computed
     mkl = Mkl(lib, str(path), "GNU OpenMP threads" if layer is None else f"{layer} threading")
-    from .. import threads
+    from ... import threads
 
     mkl.set_num_threads(threads.get_num_threads())
     return mkl

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import threads
-from ..errors import ShapeError
-from ._gemm_choice import SMALL_WORK
-from ._numba_updates import adam_scalars
-from .base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
+from ... import threads
+from ...errors import ShapeError
+from ..base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
+from .gemm_choice import SMALL_WORK
+from .updates import adam_scalars
 
 #: MLPs whose step does at most this many multiply-adds per sample-batch take the compiled
 #: route (64-128-10 at batch 32: 0.3 M). Measured with both routes on the same models (2 cores,
