@@ -239,10 +239,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         + f" | backend {backend.name} ({dtype})",
         file=log,
     )
-    if hasattr(backend, "warmup"):
+    if backend.compiles:
         print(f"{backend.name}: compiling kernels (cached after the first run) ...", file=log)
-    warm = _warmup(backend, dtype)
-    if hasattr(backend, "warmup"):
+    depth = sum(1 for m in model.modules() if hasattr(m, "out_features"))
+    warm = _warmup(backend, dtype, depth)
+    if backend.compiles:
         print(f"{backend.name}: ready in {warm:.1f} s", file=log)
     t0 = time.perf_counter()
     try:
@@ -282,11 +283,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         "train_seconds": seconds,
         "warmup_seconds": warm,
         "samples_per_second": samples / seconds if seconds > 0 else None,
+        "step_route": trainer.step_route,
+        "step_fused": trainer.step_engine().fused,
     }
     print(
         f"test accuracy {result['test_accuracy']:.4f} | test loss {result['test_loss']:.4f} | "
         f"{trainer.epoch} epochs in {seconds:.2f} s "
-        f"({result['samples_per_second'] or 0:,.0f} samples/s on {backend.name}"
+        f"({result['samples_per_second'] or 0:,.0f} samples/s on {backend.name}, "
+        f"step route {trainer.step_route}"
         + (f"; JIT warm-up {warm:.1f} s apart" if warm else "")
         + ")"
     )
@@ -297,13 +301,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warmup(backend: Any, dtype: str) -> float:
-    """Compile JIT kernels before the clock starts; returns the seconds it took."""
-    warm = getattr(backend, "warmup", None)
-    if warm is None:
-        return 0.0
+def _warmup(backend: Any, dtype: str, depth: int) -> float:
+    """Compile JIT kernels (for an MLP of `depth` layers) before the clock starts; returns the
+    seconds it took."""
     t0 = time.perf_counter()
-    warm(dtypes=(dtype,))
+    backend.warmup(dtypes=(dtype,), depths=(depth,))
     return time.perf_counter() - t0
 
 

@@ -16,11 +16,11 @@ import numpy as np
 
 from .backends import Backend
 from .data import BatchIterator, Dataset
+from .engine import GradientHook, TrainStep, plan_step
 from .errors import NonFiniteError, ShapeError
 from .nn import CrossEntropyLoss, Loss, Module
 from .nn.loss import BCEWithLogitsLoss, MSELoss
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
-from .optim.clip import clip_grad_norm_
 from .optim.schedulers import LRScheduler
 
 LOSSES: dict[str, type[Loss]] = {
@@ -104,6 +104,7 @@ class Trainer:
         seed: int | None = 0,
         clip_grad_norm: float | None = None,
         fused: bool | str = "auto",
+        grad_hooks: Iterable[GradientHook] = (),
     ) -> None:
         self.model = model
         if isinstance(loss_fn, str):
@@ -121,10 +122,11 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
         self.history = History()
-        # "auto": use the backend's whole-step kernel when model, loss and optimizer fit it.
+        # "auto": the step engine fuses what model, loss, optimizer and hooks allow.
         self.fused = fused
-        self._fused_step: Any = None
-        self._fused_for: Any = None
+        self.grad_hooks = list(grad_hooks)
+        self._step: TrainStep | None = None
+        self._step_for: Any = None
         self._last_logits: Any = None
 
     @property
@@ -136,45 +138,32 @@ class Trainer:
         self.model.to(backend, dtype=dtype)
         self.loss_fn.backend = self.model.backend
         self.optimizer.to(self.model.backend)
-        self._fused_for = None
+        self._step = None
         return self
 
     def train_step(self, xb: Any, yb: Any) -> Any:
         """One forward, backward and update; returns the loss as a 0-d backend array."""
-        model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
-        fused = self._fused_plan()
-        if fused is not None:
-            loss, self._last_logits = fused(xb, yb)
-            self.step += 1
-            return loss
-        logits = model(xb)
-        loss = loss_fn(logits, yb)
-        model.backward(loss_fn.backward(), need_input_grad=False)
-        if self.clip_grad_norm is not None:
-            clip_grad_norm_(model.parameters(), self.clip_grad_norm)
-        opt.step()
-        opt.zero_grad()
+        loss, self._last_logits = self.step_engine()(xb, yb)
         self.step += 1
-        self._last_logits = logits
         return loss
 
-    def _fused_plan(self) -> Any:
-        """The fused whole-step callable, re-planned when the backend changes; None if n/a."""
-        if self.fused is False or self.clip_grad_norm is not None:
-            return None
-        key = (self.model.backend, self.model.dtype)
-        if self._fused_for != key:
-            from .fused import plan_fused_step
+    def step_engine(self) -> TrainStep:
+        """The planned training step (re-planned when the backend, dtype, hooks or clipping
+        change)."""
+        key = (self.model.backend, self.model.dtype, tuple(map(id, self.grad_hooks)),
+               self.clip_grad_norm, self.fused, self.optimizer)  # fmt: skip
+        if self._step is None or self._step_for != key:
+            self._step = plan_step(
+                self.model, self.loss_fn, self.optimizer, grad_hooks=self.grad_hooks,
+                clip_grad_norm=self.clip_grad_norm, fused=self.fused,
+            )  # fmt: skip
+            self._step_for = key
+        return self._step
 
-            self._fused_step = plan_fused_step(self.model, self.loss_fn, self.optimizer)
-            self._fused_for = key
-            if self.fused is True and self._fused_step is None:
-                raise ValueError(
-                    f"fused=True, but the {self.model.backend.name} backend has no fused step for "
-                    f"this model/loss/optimizer (needs Linear+activation layers with biases, "
-                    f"CrossEntropyLoss, SGD or Adam/AdamW with one parameter group)"
-                )
-        return self._fused_step
+    @property
+    def step_route(self) -> str:
+        """The route of the training step: "fused-step", "fused-stages" or "stages"."""
+        return self.step_engine().route
 
     def fit(
         self,

@@ -101,8 +101,7 @@ def test_activation_fused_after_linear(backend_name, kind, bias):
         dc.nn.Linear(OUT, 2, **kw),
     )
     check_module(model, _x())
-    if kind != "identity":  # the pair really ran as one fused call
-        assert model._plan[0][1] is model[1]
+    assert model._tape is not None  # a plain MLP: the whole forward ran as one fused stage
 
 
 def test_fused_and_unfused_sequential_agree(backend_name):

@@ -343,7 +343,8 @@ def test_parallel_update_params_equals_serial_bitwise(nb, opt):
         s2 = tuple(np.abs(r.standard_normal(n)).astype("float32") for n in sizes)
         s3 = tuple(np.zeros(1, "float32") for _ in sizes)
         before = [p.copy() for p in ps]
-        fn(ps, gs, s1, s2, s3, step.SGD if opt == "sgd" else step.ADAM, hp, flags)
+        rows = np.tile(hp, (len(sizes), 1)), np.tile(flags, (len(sizes), 1))
+        fn(ps, gs, s1, s2, s3, step.SGD if opt == "sgd" else step.ADAM, *rows)
         assert all((p != q).any() for p, q in zip(ps, before, strict=True))  # all updated
         out.append((*ps, *s1, *s2))
     for a, b in zip(*out, strict=True):

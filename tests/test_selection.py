@@ -228,3 +228,19 @@ def test_get_backend_returns_singletons_and_passes_instances_through():
     assert dc.get_backend("numpy") is be
     assert dc.get_backend(" NumPy ") is be
     assert dc.get_backend(be) is be
+
+
+def test_register_backend_adds_a_selectable_backend(monkeypatch):
+    """A registered module joins selection and availability; bad names are refused."""
+    monkeypatch.setattr(backends, "_MODULES", dict(backends._MODULES))
+    monkeypatch.setattr(backends, "BACKEND_NAMES", backends.BACKEND_NAMES)
+    monkeypatch.setattr(backends, "_instances", dict(backends._instances))
+    backends.register_backend("plainnumpy", "deepcore.backends.numpy")
+    assert "plainnumpy" in backends.BACKEND_NAMES
+    assert backends.available_backends()["plainnumpy"].available
+    assert isinstance(dc.get_backend("plainnumpy"), dc.Backend)
+    with pytest.raises(ValueError, match="already registered"):
+        backends.register_backend("plainnumpy", "somewhere.else")
+    for bad in ("Auto", "auto", "my-backend"):
+        with pytest.raises(ValueError, match="lower-case identifier"):
+            backends.register_backend(bad, "x")

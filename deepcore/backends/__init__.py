@@ -30,6 +30,7 @@ __all__ = [
     "set_default_backend",
     "get_default_backend",
     "BACKEND_NAMES",
+    "register_backend",
 ]
 
 #: name -> module that defines `BACKEND_CLASS` and `probe(device) -> (ok, reason)`.
@@ -40,6 +41,37 @@ _MODULES = {
 }
 BACKEND_NAMES = tuple(_MODULES)
 ENV_VAR = "DEEPCORE_BACKEND"
+#: Installed packages may add backends under this entry-point group (name = module path).
+ENTRY_POINT_GROUP = "deepcore.backends"
+_entry_points_loaded = False
+
+
+def register_backend(name: str, module: str) -> None:
+    """Make backend `name` selectable: `module` (a dotted path, imported on first use) defines
+    `BACKEND_CLASS` (a Backend subclass) and `probe(device) -> (ok, reason)`."""
+    global BACKEND_NAMES
+    if not name.isidentifier() or name != name.lower() or name == "auto":
+        raise ValueError(
+            f"backend name must be a lower-case identifier other than 'auto': {name!r}"
+        )
+    if _MODULES.get(name, module) != module:
+        raise ValueError(f"backend {name!r} is already registered as {_MODULES[name]!r}")
+    _MODULES[name] = module
+    BACKEND_NAMES = tuple(_MODULES)
+
+
+def _load_entry_points() -> None:
+    """Register the backends installed packages declare (once, on first use)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _MODULES:
+            register_backend(ep.name, ep.value)
+
 
 _instances: dict[str, Backend] = {}
 _lock = threading.Lock()
@@ -61,6 +93,7 @@ class Availability:
 
 def _split(spec: str) -> tuple[str, int | None]:
     """'cupy:1' -> ('cupy', 1); 'numpy' -> ('numpy', None)."""
+    _load_entry_points()
     spec = spec.strip().lower()
     base, colon, dev = spec.partition(":")
     if base not in _MODULES and base != "auto":
@@ -93,6 +126,7 @@ def _probe(base: str, device: int | None) -> tuple[bool, str]:
 
 def available_backends() -> dict[str, Availability]:
     """Every backend with whether it can run here and the reason when it cannot."""
+    _load_entry_points()
     result = {}
     for base in BACKEND_NAMES:
         try:

@@ -16,12 +16,14 @@ Conventions (shared by every backend and by the CUDA and Numba kernels):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import BackendMismatchError, DtypeError, ShapeError
 from ._losses import LossKernels
+from ._stages import StageKernels
 from ._updates import UpdateKernels
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -48,10 +50,11 @@ def check_activation(kind: str) -> str:
     return kind
 
 
-class Backend(LossKernels, UpdateKernels):
+class Backend(LossKernels, UpdateKernels, StageKernels):
     """Base backend: the whole contract, written once against the array module `xp`.
 
-    The loss and optimizer-update defaults live in _losses.py and _updates.py.
+    The loss, optimizer-update and fused-stage defaults live in _losses.py, _updates.py and
+    _stages.py. Optional capabilities are declared as class attributes (below), not probed.
     """
 
     #: Registry name: "numpy", "numba", "cupy:0".
@@ -60,6 +63,13 @@ class Backend(LossKernels, UpdateKernels):
     device: str = "cpu"
     #: The array module (numpy or cupy).
     xp: Any = np
+    #: Capability: mlp_forward / mlp_backward / multi_update run as fused calls (else the
+    #: defaults here loop over layers and parameters with the same maths).
+    fused_stages: bool = False
+    #: Capability: `fused_mlp_step` (a whole training step of an MLP in one call).
+    whole_step: bool = False
+    #: Capability: kernels compile on first use (`warmup` compiles them up front).
+    compiles: bool = False
 
     def __init__(self) -> None:
         self._scratch: dict[tuple[Any, ...], Any] = {}
@@ -79,9 +89,6 @@ class Backend(LossKernels, UpdateKernels):
 
     def zeros(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
         return self.xp.zeros(shape, dtype=dtype)
-
-    def full(self, shape: tuple[int, ...], value: float, dtype: str = "float32") -> Any:
-        return self.xp.full(shape, value, dtype=dtype)
 
     def owns(self, x: Any) -> bool:
         """True when `x` is an array of this backend's kind."""
@@ -161,24 +168,17 @@ class Backend(LossKernels, UpdateKernels):
         flat = x.reshape(-1)
         return self.xp.dot(flat, flat)
 
-    def step(self, x: Any, threshold: float = 0.0, out: Any = None) -> Any:
+    def heaviside(self, x: Any, threshold: float = 0.0, out: Any = None) -> Any:
         """Heaviside step: 1 where x >= threshold, else 0 (the perceptron's activation)."""
         if out is None:
             out = self.empty(x.shape, x.dtype)
         out[...] = x >= x.dtype.type(threshold)
         return out
 
-    def argmax(self, x: Any, axis: int = -1) -> Any:
-        return self.xp.argmax(x, axis=axis)
-
     def count_correct(self, logits: Any, labels: Any) -> Any:
         """0-d integer array: how many rows' argmax equals the label (no host read)."""
         labels = self.asarray(labels)
         return (self.xp.argmax(logits, axis=1) == labels).sum()
-
-    def all_finite(self, x: Any) -> bool:
-        """True when x has no NaN or Inf (reads one value back from the device)."""
-        return bool(self.xp.isfinite(x).all())
 
     # ------------------------------------------------------------------ dense
     def gemm(
@@ -370,6 +370,10 @@ class Backend(LossKernels, UpdateKernels):
 
     def _erf(self, x: Any) -> Any:
         return _host_erf(x)
+
+    def warmup(self, dtypes: Sequence[str] = ("float32",), depths: Sequence[int] = ()) -> float:
+        """Compile what a JIT backend compiles on first use (nothing here); returns seconds."""
+        return 0.0
 
     def info(self) -> dict[str, Any]:
         """Facts for `deepcore info`: versions, device, threads."""

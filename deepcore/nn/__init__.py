@@ -17,9 +17,10 @@ from .activation import (
     Tanh,
     Threshold,
 )
+from .container import Sequential
 from .linear import Linear
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
-from .module import Module, Parameter, Sequential
+from .module import Module, Parameter
 from .perceptron import ConvergenceWarning, Perceptron
 
 __all__ = [

@@ -151,7 +151,7 @@ class Threshold(Activation):
         self.threshold = float(threshold)
 
     def forward(self, x: Any) -> Any:
-        return self.backend.step(self._input(x), self.threshold)
+        return self.backend.heaviside(self._input(x), self.threshold)
 
     def backward(self, grad_output: Any) -> Any:
         raise NoGradientError(
@@ -183,12 +183,15 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._cache_mask = None
             return x
-        if self.p == 1.0:
-            mask = self.backend.zeros(tuple(x.shape), self.dtype)
-        else:
-            mask = self.backend.asarray(dc_random.dropout_mask(tuple(x.shape), self.p, self.dtype))
-        self._cache_mask = mask
+        mask = self._cache_mask = self.mask(tuple(x.shape))
         return self.backend.mul(x, mask)
+
+    def mask(self, shape: tuple[int, ...]) -> Any:
+        """A training-mode mask on the backend: 0 (probability p) or 1/(1-p), drawn from
+        deepcore's seeded host generator (the fused MLP stages use the same masks)."""
+        if self.p == 1.0:
+            return self.backend.zeros(shape, self.dtype)
+        return self.backend.asarray(dc_random.dropout_mask(shape, self.p, self.dtype))
 
     def backward(self, grad_output: Any) -> Any:
         dy = self._input(grad_output)

@@ -8,7 +8,7 @@ from ..backends import Backend
 from ..backends.base import NEEDS_PREACTIVATION
 from ..errors import ShapeError
 from . import init
-from .module import Module, Parameter
+from .module import Module, Parameter, Recent
 
 if TYPE_CHECKING:
     from .activation import Activation
@@ -42,6 +42,7 @@ class Linear(Module):
         self._cache_pre: Any = None
 
     def forward(self, x: Any, activation: Activation | None = None) -> Any:
+        Recent.backend = self.backend
         x = self._input(x, self.in_features)
         be = self.backend
         kind = activation.kind if activation is not None else "identity"

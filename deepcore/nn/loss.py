@@ -7,7 +7,7 @@ from typing import Any
 
 from ..backends import Backend
 from ..errors import DtypeError, ShapeError
-from .module import Module
+from .module import Module, Recent
 
 
 class Loss(Module):
@@ -17,6 +17,7 @@ class Loss(Module):
         self, reduction: str = "mean", *, backend: str | Backend | None = None, dtype: Any = None
     ) -> None:
         super().__init__(backend=backend, dtype=dtype)
+        self._follow = backend is None  # compute where the model's last forward did
         if reduction not in ("mean", "sum"):
             raise ValueError(f"{type(self).__name__}: reduction must be 'mean' or 'sum'")
         self.reduction = reduction
@@ -48,6 +49,10 @@ class Loss(Module):
 
     def _prediction(self, input: Any) -> Any:  # noqa: A002
         # The loss follows the dtype and backend of the predictions it is given.
+        recent = Recent.backend
+        if self._follow and recent is not None and recent is not self.backend:
+            if recent.owns(input):
+                self.backend = recent
         if not self.backend.owns(input):
             from ..backends import owning_backend
 

@@ -1,4 +1,4 @@
-"""Parameter, Module and Sequential: the device-agnostic layer stack.
+"""Parameter and Module: the device-agnostic layer stack (containers: container.py).
 
 Layers hold their arrays on one Backend and compute only through its methods; they never import
 an array library. Backprop is explicit: `forward` caches what `backward` needs, and
@@ -98,6 +98,13 @@ def _move(x: Any, src: Backend, dst: Backend, dtype: str) -> Any:
     if src is dst and x.dtype.name == dtype:
         return x
     return dst.asarray(src.to_host(x).astype(dtype, copy=False))
+
+
+class Recent:
+    """The backend of the latest model forward: a loss built without `backend=` computes there
+    (numpy and numba share array types, so the array alone cannot say which was meant)."""
+
+    backend: Backend | None = None
 
 
 class Module:
@@ -270,89 +277,6 @@ class Module:
             lines.append(")")
             return "\n".join(lines)
         return lines[0] + ")"
-
-
-class Sequential(Module):
-    """Modules applied in order. A Linear followed by an elementwise activation runs as one
-    fused call (`backend.linear` with an epilogue) and backpropagates as one fused call."""
-
-    def __init__(self, *layers: Module) -> None:
-        first = layers[0] if layers else None
-        super().__init__(
-            backend=first.backend if first else None, dtype=first.dtype if first else None
-        )
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Module):
-                raise TypeError(f"Sequential item {i} is a {type(layer).__name__}, not a Module")
-            if layer.backend is not self.backend or layer.dtype != self.dtype:
-                raise BackendMismatchError(
-                    f"Sequential item {i} ({layer._label()}) is on {layer.backend.name}/"
-                    f"{layer.dtype} but item 0 is on {self.backend.name}/{self.dtype}; "
-                    f"build them under one backend or call .to() on the Sequential"
-                )
-            self._modules[str(i)] = layer
-        self._plan: list[tuple[Module, Module | None]] = []
-        self.fuse = True
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
-
-    def forward(self, x: Any) -> Any:
-        from .activation import Activation
-        from .linear import Linear
-
-        layers = list(self._modules.values())
-        plan: list[tuple[Module, Module | None]] = []
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
-            if (
-                self.fuse
-                and isinstance(layer, Linear)
-                and isinstance(nxt, Activation)
-                and nxt.fusable
-            ):
-                x = layer.forward(x, activation=nxt)
-                plan.append((layer, nxt))
-                i += 2
-            else:
-                x = layer.forward(x)
-                plan.append((layer, None))
-                i += 1
-        self._plan = plan
-        return x
-
-    def backward(self, grad_output: Any, *, need_input_grad: bool = True) -> Any:
-        """Backpropagate through every layer; returns d(loss)/d(input) unless told not to
-        (the first Linear then skips its input-gradient GEMM)."""
-        from .linear import Linear
-
-        if not self._plan:
-            raise RuntimeError("Sequential.backward called before a training-mode forward")
-        g = grad_output
-        last = len(self._plan) - 1
-        for i, (layer, act) in enumerate(reversed(self._plan)):
-            kw: dict[str, Any] = {}
-            if act is not None:
-                kw["activation"] = act
-            if i == last and isinstance(layer, Linear):
-                kw["need_input_grad"] = need_input_grad
-            g = layer.backward(g, **kw)
-        return g
-
-    def append(self, layer: Module) -> Sequential:
-        self._modules[str(len(self._modules))] = layer
-        return self
-
-    def config(self) -> dict[str, Any]:
-        return {"type": "Sequential", "layers": [m.config() for m in self]}
 
 
 def parameters_backend(params: Iterable[Parameter]) -> Backend:

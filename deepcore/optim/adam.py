@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..backends import hyper
 from ..nn.module import Parameter
 from .optimizer import Optimizer
 
@@ -12,6 +13,7 @@ from .optimizer import Optimizer
 class Adam(Optimizer):
     """Adam, as torch.optim.Adam: L2 weight decay added to the gradient."""
 
+    rule = "adam"
     decoupled = False
 
     def __init__(
@@ -43,28 +45,15 @@ class Adam(Optimizer):
         if not hp["eps"] >= 0.0:
             raise ValueError(f"{type(self).__name__}: invalid eps {hp['eps']!r} (need >= 0)")
 
-    def _update(self, p: Parameter, grad: Any, state: dict[str, Any], group: dict) -> None:
-        state["step"] = int(state.get("step", 0)) + 1
+    def _prepare(self, p: Parameter, state: dict[str, Any], group: dict) -> tuple[Any, list]:
+        step = state["step"] = int(state.get("step", 0)) + 1
         m = self._buffer(p, state, "exp_avg")
         v = self._buffer(p, state, "exp_avg_sq")
         vmax = self._buffer(p, state, "max_exp_avg_sq") if group["amsgrad"] else None
-        beta1, beta2 = group["betas"]
-        p.backend.adam_update(
-            p.data,
-            grad,
-            m,
-            v,
-            step=state["step"],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            decoupled=self.decoupled,
-            amsgrad=group["amsgrad"],
-            max_exp_avg_sq=vmax,
-            maximize=group["maximize"],
-        )
+        return step, [m, v, vmax]
+
+    def _pack(self, group: dict, key: Any) -> tuple:
+        return hyper.pack("adam", {**group, "decoupled": self.decoupled}, step=key)
 
 
 class AdamW(Adam):

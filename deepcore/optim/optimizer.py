@@ -1,22 +1,40 @@
 """Optimizer base: PyTorch's interface (param_groups, state, step, zero_grad, state_dict).
 
-Each subclass's `_update` makes one fused in-place backend call per parameter. State arrays live
-on their parameter's backend and follow it: when a parameter has moved, its state moves at the
-next step (or at once with `optimizer.to(backend)`).
+A subclass names its update `rule` (deepcore.backends.hyper.RULES) and exports, per parameter,
+its state buffers and packed hyperparameters (`_prepare`); `step()` hands them all to the
+backend's `multi_update`, one fused call for every parameter (like PyTorch's foreach/fused
+paths), which the training-step engine reuses. State arrays live on their parameter's backend
+and follow it: when a parameter has moved, its state moves at the next step (or at once with
+`optimizer.to(backend)`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
-from ..backends import Backend, get_backend
+from ..backends import Backend, get_backend, hyper
 from ..backends.base import to_numpy as _to_host
 from ..nn.module import Parameter, parameters_backend
 
 
+class UpdateArgs(NamedTuple):
+    """One update of every parameter with a gradient, as the backend's `multi_update` takes it."""
+
+    rule: str
+    params: list[Parameter]
+    data: list[Any]
+    grads: list[Any]
+    state: list[list[Any]]
+    hp: Any
+    flags: Any
+
+
 class Optimizer:
     """Base class. `defaults` holds the hyperparameters every group starts from."""
+
+    #: The update rule (hyper.RULES) this optimizer's `_prepare` packs for; None: `_update`.
+    rule: str | None = None
 
     def __init__(self, params: Iterable[Parameter] | Iterable[dict[str, Any]], defaults: dict):
         self.defaults = dict(defaults)
@@ -66,14 +84,65 @@ class Optimizer:
                 p.zero_grad(set_to_none)
 
     def step(self) -> None:
-        """One update of every parameter that has a gradient."""
-        for group in self.param_groups:
+        """One update of every parameter that has a gradient (one backend call)."""
+        if self.rule is None:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None and p.requires_grad:
+                        state = self.state.setdefault(id(p), {})
+                        self._follow(p, state)
+                        self._update(p, p.grad, state, group)
+            return
+        args = self.update_args()
+        if args is not None:
+            args.params[0].backend.multi_update(
+                args.rule, args.data, args.grads, args.state, args.hp, args.flags
+            )
+
+    def update_args(self) -> UpdateArgs | None:
+        """This step's kernel arguments: advances step counts and creates state buffers, so
+        call it once per step, right before the update it describes (None: no gradients)."""
+        params, packed, bufs = [], [], []
+        rows = self.__dict__.setdefault("_row_cache", {})
+        for gi, group in enumerate(self.param_groups):
+            snap = None
             for p in group["params"]:
-                if p.grad is None or not p.requires_grad:
+                if not (p._grad_live and p.requires_grad):
                     continue
-                state = self.state.setdefault(id(p), {})
-                self._follow(p, state)
-                self._update(p, p.grad, state, group)
+                state = self.state.get(id(p))
+                if state is None:
+                    state = self.state[id(p)] = {}
+                elif state:
+                    self._follow(p, state)
+                key, buffers = self._prepare(p, state, group)
+                if snap is None:
+                    snap = tuple(v for k, v in group.items() if k != "params")
+                hit = rows.get((gi, key))
+                if hit is None or hit[0] != snap:
+                    if len(rows) > 256:
+                        rows.clear()
+                    hit = rows[(gi, key)] = (snap, self._pack(group, key))
+                params.append(p)
+                packed.append(hit[1])
+                bufs.append(buffers)
+        if not params:
+            return None
+        cache = self.__dict__.get("_rows")
+        dt = params[0].data.dtype
+        if cache is None or cache[1] != dt or cache[0] != packed:
+            cache = self._rows = (packed, dt, *hyper.rows(packed, dt))
+        state = [list(b) for b in zip(*bufs, strict=True)]
+        return UpdateArgs(self.rule, params, [p.data for p in params], [p._grad for p in params],
+                          state, cache[2], cache[3])  # fmt: skip
+
+    def _prepare(self, p: Parameter, state: dict[str, Any], group: dict) -> tuple[Any, list]:
+        """(row key, state buffers) of p for this step: the key selects `_pack`'s row (e.g.
+        the step count); buffers follow hyper.STATE_KEYS[rule] (None where unused)."""
+        raise NotImplementedError
+
+    def _pack(self, group: dict, key: Any) -> tuple:
+        """The packed hyperparameter row of `group` for row key `key`."""
+        raise NotImplementedError
 
     def _update(self, p: Parameter, grad: Any, state: dict[str, Any], group: dict) -> None:
         raise NotImplementedError

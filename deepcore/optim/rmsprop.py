@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..backends import hyper
 from ..nn.module import Parameter
 from .optimizer import Optimizer
 
 
 class RMSprop(Optimizer):
     """RMSprop, as torch.optim.RMSprop."""
+
+    rule = "rmsprop"
 
     def __init__(
         self,
@@ -42,22 +45,12 @@ class RMSprop(Optimizer):
         if not hp["eps"] >= 0.0 or not hp["momentum"] >= 0.0:
             raise ValueError("RMSprop: eps and momentum must be >= 0")
 
-    def _update(self, p: Parameter, grad: Any, state: dict[str, Any], group: dict) -> None:
+    def _prepare(self, p: Parameter, state: dict[str, Any], group: dict) -> tuple[Any, list]:
         state["step"] = int(state.get("step", 0)) + 1
         sq = self._buffer(p, state, "square_avg")
         buf = self._buffer(p, state, "momentum_buffer") if group["momentum"] > 0 else None
         gavg = self._buffer(p, state, "grad_avg") if group["centered"] else None
-        p.backend.rmsprop_update(
-            p.data,
-            grad,
-            sq,
-            lr=group["lr"],
-            alpha=group["alpha"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            momentum_buffer=buf,
-            centered=group["centered"],
-            grad_avg=gavg,
-            maximize=group["maximize"],
-        )
+        return None, [sq, buf, gavg]
+
+    def _pack(self, group: dict, key: Any) -> tuple:
+        return hyper.pack("rmsprop", group)

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..backends import hyper
 from ..nn.module import Parameter
 from .optimizer import Optimizer
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent, as torch.optim.SGD (one fused backend call per parameter)."""
+    """Stochastic gradient descent, as torch.optim.SGD."""
+
+    rule = "sgd"
 
     def __init__(
         self,
@@ -40,22 +43,11 @@ class SGD(Optimizer):
         if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
             raise ValueError("SGD: Nesterov momentum requires a momentum and zero dampening")
 
-    def _update(self, p: Parameter, grad: Any, state: dict[str, Any], group: dict) -> None:
-        momentum = group["momentum"]
-        first = False
-        buf = None
-        if momentum != 0.0:
-            first = state.get("momentum_buffer") is None
-            buf = self._buffer(p, state, "momentum_buffer", zero=False)
-        p.backend.sgd_update(
-            p.data,
-            grad,
-            buf,
-            lr=group["lr"],
-            momentum=momentum,
-            dampening=group["dampening"],
-            nesterov=group["nesterov"],
-            weight_decay=group["weight_decay"],
-            maximize=group["maximize"],
-            first_step=first,
-        )
+    def _prepare(self, p: Parameter, state: dict[str, Any], group: dict) -> tuple[Any, list]:
+        if group["momentum"] == 0.0:
+            return False, [None]
+        first = state.get("momentum_buffer") is None
+        return first, [self._buffer(p, state, "momentum_buffer", zero=False)]
+
+    def _pack(self, group: dict, key: Any) -> tuple:
+        return hyper.pack("sgd", group, first_step=key)

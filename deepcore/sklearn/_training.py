@@ -14,6 +14,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils import shuffle as sk_shuffle
 
+from ..engine import TrainStep, plan_step
+
 #: Sparse X at most this big (as float64) is densified once, else batch by batch.
 _DENSIFY_BYTES = 256 << 20
 
@@ -79,6 +81,8 @@ class TrainingMixin:
         Xd = X if sparse else be.asarray(np.asarray(X, dtype=self.dtype))
         Td = be.asarray(self._train_targets(Y))
         sample_idx = np.arange(n, dtype=int)
+        step = plan_step(self._model, _Loss(self.out_activation_, be), self._optimizer)
+        self.step_route_ = step.route
         self.n_iter_ = 0
         try:
             for _ in range(self.max_iter):
@@ -93,7 +97,7 @@ class TrainingMixin:
                         xb = be.asarray(rows.toarray(), self.dtype)
                     else:
                         xb = Xd[idx]
-                    total = total + self._step(xb, Td[idx])
+                    total = total + self._step(step, xb, Td[idx])
                 self.n_iter_ += 1
                 self.loss_ = float(total) / n
                 self.t_ += n
@@ -127,10 +131,10 @@ class TrainingMixin:
             self._load_weights(*self._best)
         self._export_weights()
 
-    def _step(self, xb: Any, tb: Any) -> Any:
-        """One forward/backward/update; returns (batch loss + L2 term) * batch as a 0-d
-        backend array, so the host reads the loss once per epoch, not once per batch."""
-        model, opt, be = self._model, self._optimizer, self._model.backend
+    def _step(self, step: TrainStep, xb: Any, tb: Any) -> Any:
+        """One training step through the engine; returns (batch loss + L2 term) * batch as a
+        0-d backend array, so the host reads the loss once per epoch, not once per batch."""
+        opt, be = self._optimizer, self._model.backend
         nb = int(xb.shape[0])
         weights, biases = opt.param_groups
         weights["weight_decay"] = self.alpha / nb  # sklearn: grad += alpha * W / batch
@@ -138,26 +142,13 @@ class TrainingMixin:
         if self.solver == "adam":  # sklearn's eps sits outside the bias correction
             eps = self.epsilon / math.sqrt(1.0 - self.beta_2**self._opt_steps)
             weights["eps"] = biases["eps"] = eps
-        out = model(xb)
-        k = out.shape[1]
-        if self.out_activation_ == "softmax":
-            loss, grad = be.softmax_cross_entropy(out, tb)
-        elif self.out_activation_ == "logistic":  # summed over outputs, mean over samples
-            loss, grad = be.bce_with_logits(out, tb)
-            if k > 1:
-                loss = loss * k
-                be.scale_(grad, float(k))
-        else:  # half squared error: reported as the mean over all outputs, gradient per output
-            loss, grad = be.mse(out, tb)
-            loss = loss * 0.5
-            be.scale_(grad, 0.5 * k)
-        model.backward(grad, need_input_grad=False)
-        total = loss * nb
-        if self.alpha > 0:
+        sq = None
+        if self.alpha > 0:  # the L2 term of the weights before this step's update
             sq = sum(be.sum_squares(p.data) for p in weights["params"])
+        loss, _ = step(xb, tb)
+        total = loss * nb
+        if sq is not None:
             total = total + sq * (0.5 * self.alpha)
-        opt.step()
-        opt.zero_grad()
         return total
 
     def _set_lr(self, lr: float) -> None:
@@ -204,3 +195,31 @@ class TrainingMixin:
             else:
                 self._no_improvement_count = 0
             self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
+
+
+class _Loss:
+    """scikit-learn's loss for each output activation, as the step engine calls a loss."""
+
+    def __init__(self, out_activation: str, backend: Any) -> None:
+        self.out_activation, self.backend = out_activation, backend
+        self._grad: Any = None
+
+    def __call__(self, out: Any, target: Any) -> Any:
+        be = self.backend
+        k = out.shape[1]
+        if self.out_activation == "softmax":
+            loss, grad = be.softmax_cross_entropy(out, target)
+        elif self.out_activation == "logistic":  # summed over outputs, mean over samples
+            loss, grad = be.bce_with_logits(out, target)
+            if k > 1:
+                loss = loss * k
+                be.scale_(grad, float(k))
+        else:  # half squared error: reported as the mean over all outputs, gradient per output
+            loss, grad = be.mse(out, target)
+            loss = loss * 0.5
+            be.scale_(grad, 0.5 * k)
+        self._grad = grad
+        return loss
+
+    def backward(self) -> Any:
+        return self._grad

@@ -20,11 +20,9 @@ import math
 from numba import njit, prange
 
 CHUNK = 16384
-#: Rule codes of `update_flat` (and the whole-step kernels).
-SGD, ADAM = 0, 1
-#: hp (floats, the params' dtype): SGD [lr, momentum, 1-dampening, weight_decay];
-#: Adam [lr/bc1, beta1, 1-beta1, beta2, 1-beta2, sqrt(bc2), eps, weight_decay, 1-lr*wd].
-#: flags (int64): SGD [nesterov, maximize, first_step]; Adam [decoupled, amsgrad, maximize].
+#: Rule codes of `update_flat` (and the whole-step kernels); their order is RULES in
+#: deepcore/backends/hyper.py, which also packs each rule's hp and flags rows.
+SGD, ADAM, RMSPROP = 0, 1, 2
 
 from ._config import OPTS  # noqa: E402
 
@@ -179,14 +177,20 @@ def rmsprop(p, g, sq, buf, gavg, lr, alpha, one_m_alpha, eps, wd, momentum, cent
 @njit(**OPTS)
 def update_flat(lo, hi, p, g, s1, s2, s3, opt, hp, flags):
     """Elements lo:hi of one parameter's update by rule `opt` (flat views; s1..s3 its state:
-    SGD's momentum buffer; Adam's exp_avg, exp_avg_sq, max_exp_avg_sq; empty when unused)."""
+    SGD's momentum buffer; Adam's exp_avg, exp_avg_sq, max_exp_avg_sq; RMSprop's square_avg,
+    momentum_buffer, grad_avg; empty when unused). hp, flags: the rule's row (hyper.pack)."""
     if opt == SGD:
         sgd_range(
             lo, hi, p, g, s1, hp[0], hp[1], hp[2], flags[0] != 0, hp[3], flags[1] != 0,
             flags[2] != 0,
         )  # fmt: skip
-    else:
+    elif opt == ADAM:
         adam_range(
             lo, hi, p, g, s1, s2, s3, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], hp[6], hp[7],
             hp[8], flags[0] != 0, flags[1] != 0, flags[2] != 0,
+        )  # fmt: skip
+    else:
+        rmsprop_range(
+            lo, hi, p, g, s1, s2, s3, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], flags[0] != 0,
+            flags[1] != 0,
         )  # fmt: skip

@@ -26,17 +26,20 @@ from .elementwise import IDENTITY, RELU, act_grad, bias_act_flat
 from .gemm import dot_rows, pack_b
 from .losses import softmax_cross_entropy
 from .micro import MR, NV, NV_HALF, micro, row_offsets
-from .optimizers import ADAM, CHUNK, SGD, update_flat
+from .optimizers import ADAM, CHUNK, RMSPROP, SGD, update_flat
 from .simd import lanes
 
-__all__ = ["ADAM", "SGD", "mlp_step", "small_gemm", "update_params", "update_params_parallel"]
+__all__ = [
+    "ADAM", "RMSPROP", "SGD", "mlp_backward", "mlp_forward", "mlp_step", "small_gemm",
+    "update_params", "update_params_parallel",
+]  # fmt: skip
 
 
 @njit(**OPTS)
 def _update_range(lo, hi, p, g, i, s1, s2, s3, opt, hp, flags):
     """Elements lo:hi of parameter i's optimizer update (flattened views; s1..s3 per-parameter
-    state lists)."""
-    update_flat(lo, hi, p, g, s1[i], s2[i], s3[i], opt, hp, flags)
+    state lists; hp, flags: one row per parameter, deepcore.backends.hyper's order)."""
+    update_flat(lo, hi, p, g, s1[i], s2[i], s3[i], opt, hp[i], flags[i])
 
 
 @njit(**OPTS)
@@ -47,8 +50,8 @@ def _update(p, g, i, s1, s2, s3, opt, hp, flags):
 
 @njit(**OPTS)
 def update_params(ps, gs, s1, s2, s3, opt, hp, flags):
-    """_update on every flat parameter (the layered step's whole update in one call); the same
-    bits as the per-parameter kernels (tested)."""
+    """_update on every flat parameter: a whole optimizer step in one call; the same bits as
+    the per-parameter kernels (tested)."""
     for i in range(len(ps)):
         _update(ps[i], gs[i], i, s1, s2, s3, opt, hp, flags)
 
@@ -188,8 +191,40 @@ def backward_layer(d, code, z, y, alpha, a, w, gw, gb, da):
 
 
 @njit(**GEMM_OPTS)
-def mlp_step(ws, bs, gws, gbs, acts, alpha, x, labels, opt, s1, s2, s3, hp, flags, zs, outs, ds,
-             wts, tmp, loss):  # fmt: skip
+def mlp_forward(ws, bs, acts, alpha, x, masks, zs, outs, ins, wts, tmp):
+    """Layer l: zs[l] = src @ ws[l].T + bs[l], outs[l] = act(zs[l]), src = x or ins[l - 1].
+    A layer with a dropout mask (masks[l] not empty) gets ins[l] = outs[l] * masks[l]; without
+    one, ins[l] is outs[l] (the caller passes the same array)."""
+    for l in range(len(ws)):
+        src = x if l == 0 else ins[l - 1]
+        forward_layer(src, ws[l], wts[l], bs[l], acts[l], alpha, zs[l], outs[l], tmp)
+        if masks[l].shape[0] != 0:
+            o, mk, dst = outs[l], masks[l], ins[l]
+            for i in range(o.shape[0]):
+                for j in range(o.shape[1]):
+                    dst[i, j] = o[i, j] * mk[i, j]
+
+
+@njit(**GEMM_OPTS)
+def mlp_backward(ws, gws, gbs, acts, alpha, x, masks, zs, outs, ins, ds, dx):
+    """Backward of mlp_forward: ds[L-1] holds dL/d(ins[L-1]) on entry; every ds[l] is
+    overwritten; gradients gws, gbs overwritten; dx gets dL/dx unless it has 0 rows."""
+    nl = len(ws)
+    for l in range(nl - 1, -1, -1):
+        d = ds[l]
+        if masks[l].shape[0] != 0:  # through the dropout after this layer
+            mk = masks[l]
+            for i in range(d.shape[0]):
+                for j in range(d.shape[1]):
+                    d[i, j] = d[i, j] * mk[i, j]
+        src = x if l == 0 else ins[l - 1]
+        da = ds[l - 1] if l > 0 else dx
+        backward_layer(d, acts[l], zs[l], outs[l], alpha, src, ws[l], gws[l], gbs[l], da)
+
+
+@njit(**GEMM_OPTS)
+def mlp_step(ws, bs, gws, gbs, acts, alpha, x, labels, masks, ins, opt, s1, s2, s3, hp, flags,
+             zs, outs, ds, wts, tmp, loss):  # fmt: skip
     """Forward, cross-entropy, backward (grads overwritten) and update; loss[()] gets the loss.
 
     Returns False (nothing updated) when a label is out of range.
@@ -200,14 +235,9 @@ def mlp_step(ws, bs, gws, gbs, acts, alpha, x, labels, opt, s1, s2, s3, hp, flag
     for i in range(m):
         if labels[i] < 0 or labels[i] >= ncls:
             return False
-    for l in range(nl):
-        src = x if l == 0 else outs[l - 1]
-        forward_layer(src, ws[l], wts[l], bs[l], acts[l], alpha, zs[l], outs[l], tmp)
+    mlp_forward(ws, bs, acts, alpha, x, masks, zs, outs, ins, wts, tmp)
     softmax_cross_entropy(outs[nl - 1], labels, ds[nl - 1], loss)
-    for l in range(nl - 1, -1, -1):
-        src = x if l == 0 else outs[l - 1]
-        da = ds[l - 1] if l > 0 else ds[l][:0]
-        backward_layer(ds[l], acts[l], zs[l], outs[l], alpha, src, ws[l], gws[l], gbs[l], da)
+    mlp_backward(ws, gws, gbs, acts, alpha, x, masks, zs, outs, ins, ds, ds[0][:0])
     for l in range(nl):
         _update(ws[l].reshape(-1), gws[l].reshape(-1), l, s1, s2, s3, opt, hp, flags)
         _update(bs[l], gbs[l], nl + l, s1, s2, s3, opt, hp, flags)

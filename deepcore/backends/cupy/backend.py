@@ -82,9 +82,6 @@ class CupyBackend(CupyStepsMixin):
     def zeros(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
         return self._alloc(lambda: self.xp.zeros(shape, dtype=dtype), shape, dtype)
 
-    def full(self, shape: tuple[int, ...], value: float, dtype: str = "float32") -> Any:
-        return self._alloc(lambda: self.xp.full(shape, value, dtype=dtype), shape, dtype)
-
     def owns(self, x: Any) -> bool:
         return isinstance(x, self.xp.ndarray) and x.device.id == self.index
 

@@ -8,7 +8,6 @@ Split from cupy.py for size; `CupyBackend` inherits these. Each method launches 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -70,61 +69,52 @@ class CupyStepsMixin(Backend):
         return self._pointwise_loss("dc_mse", pred, target, grad_out, 2.0 / pred.size)
 
     # ------------------------------------------------------------------ optimizer updates
-    def sgd_update(self, param: Any, grad: Any, buf: Any, *, lr: float, momentum: float = 0.0,
-                   dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                   maximize: bool = False, first_step: bool = False) -> None:  # fmt: skip
+    def sgd_packed(self, param: Any, grad: Any, buf: Any, hp: Any, flags: Any) -> None:
+        """SGD on a packed row (deepcore.backends.hyper), one kernel launch."""
         dtype = self._fast(param, grad, buf)
         if dtype is None:
-            return super().sgd_update(
-                param, grad, buf, lr=lr, momentum=momentum, dampening=dampening,
-                nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                first_step=first_step,
-            )  # fmt: skip
-        flags = (int(maximize) | 2 * (weight_decay != 0.0) | 4 * (momentum != 0.0)
-                 | 8 * bool(nesterov) | 16 * bool(first_step))  # fmt: skip
+            return super().sgd_packed(param, grad, buf, hp, flags)
+        lr, momentum, one_m_damp, wd = (float(v) for v in hp[:4])
+        bits = (int(bool(flags[1])) | 2 * (wd != 0.0) | 4 * (momentum != 0.0)
+                | 8 * bool(flags[0]) | 16 * bool(flags[2]))  # fmt: skip
         self._launch(
             "dc_sgd", dtype, geometry.elementwise(param.size), param, grad,
-            param if buf is None else buf, param.size, lr, momentum, 1.0 - dampening,
-            weight_decay, flags,
+            param if buf is None else buf, param.size, lr, momentum, one_m_damp, wd, bits,
         )  # fmt: skip
 
-    def adam_update(self, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, *, step: int,
-                    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
-                    decoupled: bool = False, amsgrad: bool = False, max_exp_avg_sq: Any = None,
-                    maximize: bool = False) -> None:  # fmt: skip
-        dtype = self._fast(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    def adam_packed(self, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any,
+                    max_exp_avg_sq: Any, hp: Any, flags: Any) -> None:  # fmt: skip
+        """Adam/AdamW on a packed row (bias corrections computed once, in hyper.pack)."""
+        amsgrad = bool(flags[1])
+        dtype = self._fast(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
         if dtype is None:
-            return super().adam_update(
-                param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2,
-                eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad,
-                max_exp_avg_sq=max_exp_avg_sq, maximize=maximize,
-            )  # fmt: skip
-        decay = weight_decay != 0.0
-        flags = int(maximize) | 2 * (decay and decoupled) | 4 * (decay and not decoupled)
-        flags |= 8 * bool(amsgrad)
+            return super().adam_packed(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hp,
+                                       flags)  # fmt: skip
+        lr_bc1, b1, one_m_b1, b2, one_m_b2, bc2_sqrt, eps, wd, decay = (float(v) for v in hp[:9])
+        decoupled, maximize = bool(flags[0]), bool(flags[2])
+        bits = int(maximize) | 2 * (wd != 0.0 and decoupled) | 4 * (wd != 0.0 and not decoupled)
+        bits |= 8 * amsgrad
         self._launch(
             "dc_adam", dtype, geometry.elementwise(param.size), param, grad, exp_avg,
-            exp_avg_sq, max_exp_avg_sq if amsgrad else exp_avg_sq, param.size,
-            1.0 - lr * weight_decay, weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
-            lr / (1.0 - beta1**step), math.sqrt(1.0 - beta2**step), eps, flags,
+            exp_avg_sq, max_exp_avg_sq if amsgrad else exp_avg_sq, param.size, decay, wd, b1,
+            one_m_b1, b2, one_m_b2, lr_bc1, bc2_sqrt, eps, bits,
         )  # fmt: skip
 
-    def rmsprop_update(self, param: Any, grad: Any, square_avg: Any, *, lr: float, alpha: float,
-                       eps: float, weight_decay: float = 0.0, momentum: float = 0.0,
-                       momentum_buffer: Any = None, centered: bool = False, grad_avg: Any = None,
-                       maximize: bool = False) -> None:  # fmt: skip
-        dtype = self._fast(param, grad, square_avg, momentum_buffer, grad_avg)
+    def rmsprop_packed(self, param: Any, grad: Any, square_avg: Any, momentum_buffer: Any,
+                       grad_avg: Any, hp: Any, flags: Any) -> None:  # fmt: skip
+        """RMSprop on a packed row, one kernel launch."""
+        lr, alpha, one_m_alpha, eps, wd, momentum = (float(v) for v in hp[:6])
+        centered, maximize = bool(flags[0]), bool(flags[1])
+        dtype = self._fast(param, grad, square_avg, momentum_buffer if momentum > 0 else None,
+                           grad_avg if centered else None)  # fmt: skip
         if dtype is None:
-            return super().rmsprop_update(
-                param, grad, square_avg, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                momentum=momentum, momentum_buffer=momentum_buffer, centered=centered,
-                grad_avg=grad_avg, maximize=maximize,
-            )  # fmt: skip
-        flags = (int(maximize) | 2 * (weight_decay != 0.0) | 4 * bool(centered)
-                 | 8 * (momentum > 0.0))  # fmt: skip
+            return super().rmsprop_packed(param, grad, square_avg, momentum_buffer, grad_avg,
+                                          hp, flags)  # fmt: skip
+        bits = (int(maximize) | 2 * (wd != 0.0) | 4 * centered
+                | 8 * (momentum > 0.0))  # fmt: skip
         self._launch(
             "dc_rmsprop", dtype, geometry.elementwise(param.size), param, grad, square_avg,
             grad_avg if centered else square_avg,
             momentum_buffer if momentum > 0.0 else square_avg, param.size, lr, alpha,
-            1.0 - alpha, eps, weight_decay, momentum, flags,
+            one_m_alpha, eps, wd, momentum, bits,
         )  # fmt: skip

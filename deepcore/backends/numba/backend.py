@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from .. import hyper
 from ..base import ACTIVATIONS, check_activation
 from . import mkl as _mkl
 from .gemm import NumbaGemmMixin, check_blas, check_gemm_impl
-from .step import FUSED_STEP_MAX_WORK, NumbaStepMixin
-from .updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin, adam_scalars
+from .stages import FUSED_STEP_MAX_WORK
+from .step import NumbaStepMixin
+from .updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin
 
-__all__ = ["FUSED_STEP_MAX_WORK", "NumbaBackend", "adam_scalars", "probe"]
+__all__ = ["FUSED_STEP_MAX_WORK", "NumbaBackend", "probe"]
 
 
 def probe(device: int | None = None) -> tuple[bool, str]:
@@ -52,6 +54,8 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
     name = "numba"
     device = "cpu"
     xp = np
+    whole_step = True
+    compiles = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -223,12 +227,16 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
         return out
 
     # ------------------------------------------------------------------ setup
-    def warmup(self, dtypes: Sequence[str] = ("float32",)) -> float:
-        """Compile (or load from the cache) every kernel for `dtypes`, and settle the JIT-vs-BLAS
-        choice for them (measured once per machine); returns the seconds taken."""
+    def warmup(self, dtypes: Sequence[str] = ("float32",), depths: Sequence[int] = ()) -> float:
+        """Compile (or load from the cache) every kernel for `dtypes` and the fused stages for
+        MLPs of `depths` Linear layers, and settle the JIT-vs-BLAS choice for them (measured
+        once per machine); returns the seconds taken."""
         start = time.perf_counter()
         for name in dtypes:
             _exercise(self, np.dtype(name))
+            for depth in depths:
+                if depth != 2:
+                    _exercise_stages(self, np.dtype(name), depth)
             if self.gemm_impl == "auto":
                 self.gemm_choices(name)
         return time.perf_counter() - start
@@ -266,7 +274,6 @@ BACKEND_CLASS = NumbaBackend
 def _exercise(be: NumbaBackend, dt: np.dtype) -> None:
     """Run every kernel once on tiny arrays of dtype `dt` (serial and parallel variants)."""
     rng = np.random.default_rng(0)
-    t = dt.type
     for m in (3, 260):  # 260 x 260: above every parallel threshold
         a = rng.standard_normal((m, m)).astype(dt)
         old = be.gemm_impl
@@ -295,12 +302,29 @@ def _exercise(be: NumbaBackend, dt: np.dtype) -> None:
         be.rmsprop_update(p, a, np.zeros_like(a), lr=0.1, alpha=0.9, eps=1e-8, momentum=0.9,
                           momentum_buffer=np.zeros_like(a), centered=True,
                           grad_avg=np.zeros_like(a))  # fmt: skip
-    w = [rng.standard_normal((4, 3)).astype(dt), rng.standard_normal((2, 4)).astype(dt)]
-    bs = [np.zeros(4, dt), np.zeros(2, dt)]
+    _exercise_stages(be, dt, 2)
+
+
+def _exercise_stages(be: NumbaBackend, dt: np.dtype, depth: int) -> None:
+    """The fused stages and the whole step once, for an MLP of `depth` Linear layers."""
+    rng = np.random.default_rng(0)
+    t = dt.type
+    sizes = [3] + [4] * (depth - 1) + [2]
+    w = [rng.standard_normal((o, i)).astype(dt) for i, o in zip(sizes, sizes[1:], strict=False)]
+    bs = [np.zeros(o, dt) for o in sizes[1:]]
+    acts = ("relu",) * (depth - 1) + ("identity",)
     x = rng.standard_normal((5, 3)).astype(dt)
     y = np.zeros(5, np.int64)
     grads = ([np.empty_like(v) for v in w], [np.empty_like(v) for v in bs])
     state = [[np.zeros(v.size, dt) for v in (*w, *bs)] for _ in range(3)]
-    be.fused_mlp_step(w, bs, *grads, ("relu", "identity"), x, y, "sgd", lr=t(0.1), momentum=0.9,
+    be.fused_mlp_step(w, bs, *grads, acts, x, y, "sgd", lr=t(0.1), momentum=0.9,
                       state=state[:1])  # fmt: skip
-    be.fused_mlp_step(w, bs, *grads, ("relu", "identity"), x, y, "adam", lr=0.1, state=state[:2])
+    be.fused_mlp_step(w, bs, *grads, acts, x, y, "adam", lr=0.1, state=state[:2])
+    masks = [(rng.random((5, 4)) > 0.5).astype(dt)] * (depth - 1) + [None]
+    for mk in (None, masks):
+        out, tape = be.mlp_forward(w, bs, acts, x, masks=mk)
+        be.mlp_backward(tape, out, *grads)
+    be.fused_mlp_step(w, bs, *grads, acts, x, y, "sgd", lr=0.1, masks=masks)
+    hp, flags = hyper.rows([hyper.pack("sgd", dict(lr=0.1, momentum=0.9, dampening=0.0,
+                                                   nesterov=False))] * (2 * depth), dt)  # fmt: skip
+    be.multi_update("sgd", [*w, *bs], [*grads[0], *grads[1]], state[:1], hp, flags)

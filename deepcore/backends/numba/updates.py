@@ -7,7 +7,6 @@ kernels do not take (non-contiguous arrays, a foreign dtype).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -24,21 +23,6 @@ PARALLEL_ELEMENTS = 1 << 20
 #: so a few tens of thousands already outweigh starting the threads (wide's 512 x 1024 logits:
 #: 2.2 ms serial).
 PARALLEL_LOSS_ELEMENTS = 1 << 15
-
-
-def adam_scalars(
-    dtype: Any, step: int, lr: float, beta1: float, beta2: float, eps: float,
-    weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool,
-) -> tuple[Any, ...]:  # fmt: skip
-    """The Adam kernel's scalars, computed on the host in float64 then cast, as base does."""
-    t = np.dtype(dtype).type
-    bc1 = 1.0 - beta1**step
-    bc2_sqrt = math.sqrt(1.0 - beta2**step)
-    return (
-        t(lr / bc1), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(bc2_sqrt), t(eps),
-        t(weight_decay), t(1.0 - lr * weight_decay), bool(decoupled), bool(amsgrad),
-        bool(maximize),
-    )  # fmt: skip
 
 
 class NumbaLossUpdateMixin:
@@ -115,90 +99,37 @@ class NumbaLossUpdateMixin:
         else:
             getattr(o, name + "_range")(0, n, *flat, *scalars)
 
-    def sgd_update(
-        self,
-        param: Any,
-        grad: Any,
-        buf: Any,
-        *,
-        lr: float,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        maximize: bool = False,
-        first_step: bool = False,
-    ) -> None:
+    def sgd_packed(self, param: Any, grad: Any, buf: Any, hp: Any, flags: Any) -> None:
         """torch.optim.SGD's rule, fused in place (one pass over param, grad, buf)."""
+        momentum = hp[1]
         flat = self._flat(param, grad, buf if momentum != 0.0 else None)
         if flat is None:
-            return super().sgd_update(
-                param, grad, buf, lr=lr, momentum=momentum, dampening=dampening,
-                nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                first_step=first_step,
-            )  # fmt: skip
+            return super().sgd_packed(param, grad, buf, hp, flags)
         t = param.dtype.type
-        scal = (t(lr), t(momentum), t(1.0 - dampening), bool(nesterov), t(weight_decay))
-        self._opt_run("sgd", flat, *scal, bool(maximize), bool(first_step))
+        scal = (t(hp[0]), t(momentum), t(hp[2]), bool(flags[0]), t(hp[3]))
+        self._opt_run("sgd", flat, *scal, bool(flags[1]), bool(flags[2]))
 
-    def adam_update(
-        self,
-        param: Any,
-        grad: Any,
-        exp_avg: Any,
-        exp_avg_sq: Any,
-        *,
-        step: int,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float = 0.0,
-        decoupled: bool = False,
-        amsgrad: bool = False,
-        max_exp_avg_sq: Any = None,
-        maximize: bool = False,
-    ) -> None:
-        """torch.optim.Adam / AdamW, fused in place; host-side bias corrections as base."""
+    def adam_packed(self, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any,
+                    max_exp_avg_sq: Any, hp: Any, flags: Any) -> None:  # fmt: skip
+        """torch.optim.Adam / AdamW, fused in place."""
+        amsgrad = bool(flags[1])
         flat = self._flat(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
         if flat is None:
-            return super().adam_update(
-                param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2,
-                eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad,
-                max_exp_avg_sq=max_exp_avg_sq, maximize=maximize,
-            )  # fmt: skip
-        scal = adam_scalars(
-            param.dtype, step, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize
-        )
-        self._opt_run("adam", flat, *scal)
+            return super().adam_packed(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hp,
+                                       flags)  # fmt: skip
+        t = param.dtype.type
+        self._opt_run("adam", flat, *(t(v) for v in hp[:9]), *(bool(f) for f in flags[:3]))
 
-    def rmsprop_update(
-        self,
-        param: Any,
-        grad: Any,
-        square_avg: Any,
-        *,
-        lr: float,
-        alpha: float,
-        eps: float,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        momentum_buffer: Any = None,
-        centered: bool = False,
-        grad_avg: Any = None,
-        maximize: bool = False,
-    ) -> None:
+    def rmsprop_packed(self, param: Any, grad: Any, square_avg: Any, momentum_buffer: Any,
+                       grad_avg: Any, hp: Any, flags: Any) -> None:  # fmt: skip
         """torch.optim.RMSprop, fused in place."""
+        centered = bool(flags[0])
         flat = self._flat(
-            param, grad, square_avg, momentum_buffer if momentum > 0 else None,
+            param, grad, square_avg, momentum_buffer if hp[5] > 0 else None,
             grad_avg if centered else None,
         )  # fmt: skip
         if flat is None:
-            return super().rmsprop_update(
-                param, grad, square_avg, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                momentum=momentum, momentum_buffer=momentum_buffer, centered=centered,
-                grad_avg=grad_avg, maximize=maximize,
-            )  # fmt: skip
+            return super().rmsprop_packed(param, grad, square_avg, momentum_buffer, grad_avg,
+                                          hp, flags)  # fmt: skip
         t = param.dtype.type
-        scal = (t(lr), t(alpha), t(1.0 - alpha), t(eps), t(weight_decay), t(momentum))
-        self._opt_run("rmsprop", flat, *scal, bool(centered), bool(maximize))
+        self._opt_run("rmsprop", flat, *(t(v) for v in hp[:6]), centered, bool(flags[1]))

@@ -1,0 +1,130 @@
+"""Default fused stages of the backend contract: a whole MLP's forward and backward and a whole
+optimizer update, written once through the per-layer and per-parameter methods. A backend with
+`fused_stages = True` overrides them with single calls that compute the same maths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .hyper import STATE_KEYS
+
+
+class MLPTape:
+    """What an MLP forward keeps for its backward: per layer l the input (x, then ins[l-1]),
+    the pre-activation pre[l] (None where the backward does not need it), the activation's
+    output out[l], the dropout mask masks[l] (None, or an empty array, where none) and ins[l]
+    (out[l] * masks[l], or out[l] itself)."""
+
+    __slots__ = ("backend", "weights", "acts", "alpha", "x", "masks", "pre", "out", "ins",
+                 "extra")  # fmt: skip
+
+    def __init__(self, backend: str, weights: tuple, acts: tuple, alpha: float, x: Any,
+                 masks: Any, pre: Any, out: Any, ins: Any) -> None:  # fmt: skip
+        self.backend = backend
+        self.weights, self.acts, self.alpha, self.x = weights, acts, alpha, x
+        self.masks, self.pre, self.out, self.ins = masks, pre, out, ins
+        self.extra: Any = None  # a backend's own bookkeeping
+
+
+def _has(mask: Any) -> bool:
+    return mask is not None and mask.size != 0
+
+
+class StageKernels:
+    """mlp_forward, mlp_backward and multi_update through the backend's other methods."""
+
+    empty: Any
+    linear: Any
+    mul: Any
+    gemm: Any
+    bias_grad: Any
+    activation_backward_bias_grad: Any
+    activation_backward: Any
+
+    def mlp_forward(
+        self,
+        weights: Sequence[Any],
+        biases: Sequence[Any],
+        activations: Sequence[str],
+        x: Any,
+        *,
+        alpha: float = 0.01,
+        masks: Sequence[Any] | None = None,
+    ) -> tuple[Any, MLPTape]:
+        """Layers l: out = act_l(src @ W_l.T + b_l), src = x then the previous layer's output
+        (times its dropout mask when masks[l] is given). Returns (output, tape)."""
+        from .base import NEEDS_PREACTIVATION
+
+        masks = list(masks) if masks else [None] * len(weights)
+        pres, outs, ins = [], [], []
+        src = x
+        for w, b, kind, mk in zip(weights, biases, activations, masks, strict=True):
+            n = src.shape[0]
+            y = self.empty((n, w.shape[0]), w.dtype)
+            pre = self.empty((n, w.shape[0]), w.dtype) if kind in NEEDS_PREACTIVATION else None
+            self.linear(src, w, b, activation=kind, alpha=alpha, out=y, pre_out=pre)
+            nxt = self.mul(y, mk) if _has(mk) else y
+            pres.append(pre)
+            outs.append(y)
+            ins.append(nxt)
+            src = nxt
+        tape = MLPTape(getattr(self, "name", ""), tuple(weights), tuple(activations), alpha, x,
+                       tuple(masks), tuple(pres), tuple(outs), tuple(ins))  # fmt: skip
+        return src, tape
+
+    def mlp_backward(
+        self,
+        tape: MLPTape,
+        grad_output: Any,
+        weight_grads: Sequence[Any],
+        bias_grads: Sequence[Any | None],
+        *,
+        accumulate: bool = False,
+        need_input_grad: bool = True,
+    ) -> Any:
+        """Backward of `mlp_forward`: writes (or, with accumulate, adds) each layer's weight
+        and bias gradients; returns dL/dx, or None when not needed."""
+        d = grad_output
+        nl = len(tape.weights)
+        for l in range(nl - 1, -1, -1):
+            if _has(tape.masks[l]):
+                d = self.mul(d, tape.masks[l])
+            kind, db = tape.acts[l], bias_grads[l]
+            if kind != "identity":
+                if db is not None:
+                    d, _ = self.activation_backward_bias_grad(
+                        kind, d, x=tape.pre[l], y=tape.out[l], alpha=tape.alpha, db_out=db,
+                        accumulate_db=accumulate,
+                    )  # fmt: skip
+                else:
+                    d = self.activation_backward(kind, d, x=tape.pre[l], y=tape.out[l],
+                                                 alpha=tape.alpha)  # fmt: skip
+            elif db is not None:
+                self.bias_grad(d, out=db, accumulate=accumulate)
+            src = tape.x if l == 0 else tape.ins[l - 1]
+            if weight_grads[l] is not None:
+                self.gemm(d, src, trans_a=True, beta=1.0 if accumulate else 0.0,
+                          out=weight_grads[l])  # fmt: skip
+            if l > 0 or need_input_grad:
+                d = self.gemm(d, tape.weights[l])
+        return d if need_input_grad else None
+
+    def multi_update(
+        self,
+        rule: str,
+        params: Sequence[Any],
+        grads: Sequence[Any],
+        state: Sequence[Sequence[Any]],
+        hp: Any,
+        flags: Any,
+    ) -> None:
+        """Every parameter's update by `rule`; hp and flags hold one packed row per parameter
+        (deepcore.backends.hyper.pack's order); state lists follow hyper.STATE_KEYS[rule]."""
+        keys = STATE_KEYS[rule]
+        st = [list(s) + [None] * (len(params) - len(s)) for s in state]
+        st += [[None] * len(params)] * (len(keys) - len(st))
+        fn = getattr(self, f"{rule}_packed")
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            fn(p, g, *(s[i] for s in st), hp[i], flags[i])

@@ -1,0 +1,197 @@
+"""The training step: forward -> loss -> backward -> gradient hooks -> update, planned once.
+
+`plan_step` looks at what is present (model, loss, optimizer, hooks, gradient clipping) and
+picks one route, recorded as `TrainStep.route`:
+
+- "fused-step": the backend runs the whole step in one call (`fused_mlp_step`; numba): a plain
+  MLP (dropout allowed), mean cross-entropy, an SGD/Adam/AdamW/RMSprop optimizer over exactly
+  the model's parameters (any number of groups), no hooks between backward and update;
+- "fused-stages": the stages as separate calls, each fused by the backend: the whole MLP forward
+  in one call, the loss, the whole backward in one call, the hooks, then one multi-tensor update
+  over every parameter (`multi_update`); taken when hooks or clipping sit between backward and
+  update, or the loss is not cross-entropy;
+- "stages": the same stages module by module (a model that is not a plain MLP, or a backend
+  without fused stages).
+
+Every route computes the same maths (tests pin each against the module-by-module reference);
+a hand-written loop (`model(x)`, `loss_fn(...)`, `model.backward(...)`, `opt.step()`) is the
+"fused-stages"/"stages" route and reaches the same kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from .nn import CrossEntropyLoss, Module, Sequential
+from .nn.container import MLPLayers
+from .nn.loss import _check_labels
+from .optim import Optimizer
+from .optim.clip import clip_grad_norm_
+
+ROUTES = ("fused-step", "fused-stages", "stages")
+
+
+class GradientHook(Protocol):
+    """Runs after backward and before the update on the parameters' `.grad` arrays (it may
+    change them in place: all-reduce, unscale, checks). An optional `grad_ready(params)` is
+    called as soon as backward has produced those gradients."""
+
+    def __call__(self, params: list[Any]) -> None: ...
+
+
+class TrainStep:
+    """One planned training step: `step(x, y)` -> (0-d loss, logits). `route` names the route,
+    `fused` says whether any stage ran fused, `why` why the whole step was not fused."""
+
+    def __init__(
+        self,
+        model: Module,
+        loss_fn: Any,
+        optimizer: Optimizer,
+        *,
+        grad_hooks: Sequence[GradientHook] = (),
+        clip_grad_norm: float | None = None,
+        fused: bool | str = "auto",
+    ) -> None:
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.grad_hooks = list(grad_hooks)
+        self.clip_grad_norm = clip_grad_norm
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.spec: MLPLayers | None = None
+        if isinstance(model, Sequential) and model.fuse:
+            self.spec = model.mlp()
+        self.why = self._whole_step_refusal() if fused is not False else "fused=False"
+        be = model.backend
+        if self.why is None:
+            self.route = "fused-step"
+        elif self.spec is not None and be.fused_stages:
+            self.route = "fused-stages"
+        else:
+            self.route = "stages"
+        if fused is True and self.route != "fused-step":
+            raise ValueError(
+                f"fused=True, but the {be.name} backend cannot run this step as one call: "
+                f"{self.why}"
+            )
+        self.fused = self.route != "stages"
+        self._perm: Any = None
+        self._logits_buf: Any = None
+
+    def _whole_step_refusal(self) -> str | None:
+        """Why the whole step cannot be one backend call (None when it can)."""
+        model, loss_fn, opt, spec = self.model, self.loss_fn, self.optimizer, self.spec
+        if not model.backend.whole_step:
+            return f"the {model.backend.name} backend has no whole-step kernel"
+        if spec is None:
+            return "the model is not a plain MLP (Linear [activation] [Dropout], repeated)"
+        if self.grad_hooks or self.clip_grad_norm is not None:
+            return "gradient hooks or clipping run between backward and update"
+        if type(loss_fn) is not CrossEntropyLoss or loss_fn.reduction != "mean":
+            return "the loss is not mean cross-entropy"
+        if opt.rule is None:
+            return f"{type(opt).__name__} has no packed update rule"
+        if any(lin.bias is None for lin in spec.linears):
+            return "a Linear has no bias"
+        if spec.acts[-1] != "identity" or spec.dropouts[-1] is not None:
+            return "the last Linear's output is not the logits"
+        mine = {id(p) for p in spec.params}
+        theirs = [id(p) for g in opt.param_groups for p in g["params"]]
+        if len(theirs) != len(mine) or set(theirs) != mine:
+            return "the optimizer does not hold exactly the model's parameters"
+        return None
+
+    def __call__(self, xb: Any, yb: Any) -> tuple[Any, Any]:
+        if self.route == "fused-step":
+            return self._whole(xb, yb)
+        model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        if self.grad_hooks:
+            live = [p for p in self.params if p._grad_live]
+            for hook in self.grad_hooks:
+                ready = getattr(hook, "grad_ready", None)
+                if ready is not None:
+                    ready(live)
+            for hook in self.grad_hooks:
+                hook(live)
+        if self.clip_grad_norm is not None:
+            clip_grad_norm_(self.params, self.clip_grad_norm)
+        opt.step()
+        opt.zero_grad()
+        return loss, logits
+
+    def _whole(self, xb: Any, yb: Any) -> tuple[Any, Any]:
+        """The whole step as one backend call, with the optimizer's packed arguments."""
+        spec, model, opt = self.spec, self.model, self.optimizer
+        assert spec is not None
+        be = model.backend
+        lins = spec.linears
+        x = lins[0]._input(xb, lins[0].in_features)
+        n, classes = x.shape[0], lins[-1].out_features
+        labels = yb
+        if not be.owns(yb) or be.device == "cpu":
+            labels = np.asarray(yb)
+            _check_labels(labels, n, classes)
+        for p in spec.params:  # the kernel overwrites every gradient
+            p.grad_target()
+            p._grad_live = True
+        args = opt.update_args()
+        assert args is not None
+        perm = self._order(args.params)
+        nl = len(lins)
+        state = [[s[i] for i in perm] for s in args.state]
+        while state and all(a is None for a in state[-1]):
+            state.pop()
+        logits = self._logits_buf
+        if logits is None or logits.shape != (n, classes) or not be.owns(logits):
+            logits = self._logits_buf = be.empty((n, classes), model.dtype)
+        loss = be.fused_mlp_step(
+            [lin.weight.data for lin in lins],
+            [lin.bias.data for lin in lins],
+            [p._grad for p in spec.params[:nl]],
+            [p._grad for p in spec.params[nl:]],
+            spec.acts,
+            x,
+            labels,
+            args.rule,
+            state=state,
+            rows=(args.hp[perm], args.flags[perm]),
+            alpha=spec.alpha,
+            masks=spec.masks(n, model.training),
+            logits_out=logits,
+        )
+        opt.zero_grad()
+        return loss, logits
+
+    def _order(self, params: list[Any]) -> list[int]:
+        """Positions in the optimizer's order of the MLP's weights, then its biases."""
+        key = tuple(map(id, params))
+        if self._perm is None or self._perm[0] != key:
+            where = {id(p): i for i, p in enumerate(params)}
+            assert self.spec is not None
+            self._perm = (key, [where[id(p)] for p in self.spec.params])
+        return self._perm[1]
+
+
+def plan_step(
+    model: Module,
+    loss_fn: Any,
+    optimizer: Optimizer,
+    *,
+    grad_hooks: Sequence[GradientHook] = (),
+    clip_grad_norm: float | None = None,
+    fused: bool | str = "auto",
+) -> TrainStep:
+    """The training step for this model, loss, optimizer and hooks (see the module docstring)."""
+    return TrainStep(
+        model,
+        loss_fn,
+        optimizer,
+        grad_hooks=grad_hooks,
+        clip_grad_norm=clip_grad_norm,
+        fused=fused,
+    )
