@@ -288,7 +288,7 @@ def test_sklearn_estimators_run_the_engine(kind, solver):
         be = dc.get_backend(name)
         assert fits[name].step_route_ == ("fused-stages" if be.fused_stages else "stages")
     ref = fits["numpy"]
-    for name, fit in fits.items():
+    for fit in fits.values():
         np.testing.assert_allclose(fit.loss_curve_, ref.loss_curve_, rtol=1e-9)
         for a, b in zip(fit.coefs_ + fit.intercepts_, ref.coefs_ + ref.intercepts_, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
