@@ -51,6 +51,7 @@ class NumbaStepMixin(Backend):
     _matmul_fused: Any
     _use_jit: Any
     _mkl: Any
+    fma: bool
     #: fused_mlp_step's route: "auto" (by size), "compiled" (one call) or "layered".
     step_path: str = "auto"
     #: Parameters (elements, all layers) from which the layered step's update runs in parallel
@@ -107,7 +108,7 @@ class NumbaStepMixin(Backend):
         compiled = (
             plan.ok
             and path != "layered"
-            and (path == "compiled" or m * plan.work <= FUSED_STEP_MAX_WORK)
+            and (path == "compiled" or (self.fma and m * plan.work <= FUSED_STEP_MAX_WORK))
             and isinstance(x, np.ndarray)
             and x.dtype == dt
             and x.flags.c_contiguous
