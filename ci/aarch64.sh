@@ -98,6 +98,7 @@ qemu 120 -c "import platform, sys; print(platform.machine(), sys.version.split()
   || fail "the arm64 python3 does not start under qemu-aarch64-static"
 
 step "aarch64 wheels (numba, numpy as in $VENV; pytest)"
+rm -rf "$WORK/site"
 read -r NUMBA_V NUMPY_V < <("$PY" -c "import numba, numpy; print(numba.__version__, numpy.__version__)")
 timeout 900 "$PY" -m pip install --quiet --disable-pip-version-check --target "$WORK/site" \
   --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
@@ -111,6 +112,7 @@ mkdir -p "$WORK/src"
 cp -r "$REPO/deepcore" "$WORK/src/deepcore"
 cp -r "$REPO/kernels" "$WORK/src/deepcore/kernels"
 cp -r "$REPO/tests" "$REPO/ci" "$WORK/src/"
+cd "$WORK/src"  # python -c and -m put the working directory first on sys.path
 qemu 300 -c "
 import numpy as np, numba
 from threadpoolctl import threadpool_info
@@ -120,7 +122,6 @@ print('numba', numba.__version__, 'numpy', np.__version__, blas)
 print('target:', TARGET.describe())
 " || fail "numba or deepcore does not import under qemu"
 
-cd "$WORK/src"
 GEMM_CASES="kernel_matches or beta_zero or epilogue or dot_rows or choose_grid or simd"
 GEMM_CASES="$GEMM_CASES or agree_with or register_fmas or aliased or fp_flags"
 step "GEMM cases under qemu ($QEMU_CPU, Numba's own target)"

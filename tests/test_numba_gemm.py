@@ -439,9 +439,11 @@ print("ok")
 
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
-    """A new NumbaBackend (no remembered choices) with its choice file in tmp_path."""
+    """A new NumbaBackend (no remembered choices) with its choice file in tmp_path, as on a
+    target with vector FMA (where `auto` follows the measured choice)."""
     monkeypatch.setenv("DEEPCORE_CACHE_DIR", str(tmp_path))
     be = NumbaBackend()
+    be.fma = True
     calls = []
     monkeypatch.setattr(be, "_jit_gemm", lambda *a, **k: calls.append("jit") or a[4])
     monkeypatch.setattr(be, "_blas_gemm", lambda *a, **k: calls.append("blas") or a[4])
@@ -503,7 +505,9 @@ def test_choice_is_measured_once_then_read_from_the_file(monkeypatch, tmp_path):
     (tmp_path / "numba-gemm-choice.json").write_text("{not json")  # corrupt: measured again
     assert NumbaBackend().gemm_choices("float32") is not None and len(measured) == 4
     json.loads((tmp_path / "numba-gemm-choice.json").read_text())  # and rewritten whole
-    info = NumbaBackend().gemm_info()
+    be = NumbaBackend()
+    be.fma = True  # as on a target with FMA (without, auto is BLAS: tested below)
+    info = be.gemm_info()
     assert info.startswith("auto; float32: small ") and str(tmp_path) in info
 
 
@@ -514,11 +518,32 @@ def test_unwritable_cache_keeps_the_choice_in_memory(monkeypatch, tmp_path):
     chosen = _gemm_choice.Choice(True, 1.0, 2.0, "now")
     monkeypatch.setattr(_gemm_choice, "measure", lambda j, b, w, rounds=7: chosen)
     be = NumbaBackend()
+    be.fma = True
     assert _gemm_choice.cache_path() is None
     assert be.gemm_choices("float32")["large"].jit
     a = np.ones((100, 100), np.float32)
     np.testing.assert_array_equal(be.gemm(a, a), np.full((100, 100), 100, np.float32))
     assert "not saved" in be.gemm_info()
+
+
+def test_without_fma_auto_runs_blas_unmeasured(monkeypatch, tmp_path):
+    """On a target without vector FMA the JIT kernel is far slower than BLAS: `auto` sends every
+    GEMM to BLAS without measuring; `jit` still forces the kernel."""
+    monkeypatch.setenv("DEEPCORE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_gemm_choice, "measure", lambda *a, **k: pytest.fail("measured"))
+    be = NumbaBackend()
+    be.fma = False
+    calls = []
+    monkeypatch.setattr(be, "_jit_gemm", lambda *a, **k: calls.append("jit") or a[4])
+    monkeypatch.setattr(be, "_blas_gemm", lambda *a, **k: calls.append("blas") or a[4])
+    a16, a128 = np.ones((16, 16), np.float32), np.ones((128, 128), np.float32)
+    be.gemm(a16, a16)
+    be.gemm(a128, a128)
+    assert calls == ["blas", "blas"]
+    assert "no vector FMA" in be.gemm_info()
+    be.gemm_impl = "jit"
+    be.gemm(a128, a128)
+    assert calls[-1] == "jit"
 
 
 def test_measure_picks_the_faster_callable():
@@ -554,13 +579,16 @@ def test_gemm_with_an_aliased_out_is_still_right(nb, monkeypatch):
 def test_wait_policy_rule_reads_the_stored_choice(monkeypatch, tmp_path):
     """Passive waiting exactly when large GEMMs are expected on OpenBLAS: forced, from the
     stored measurement for this CPU and kernel, or (none stored yet) from the vector width."""
-    from deepcore.kernels.numba import gemm
+    from deepcore.kernels.numba import gemm, simd
 
     from deepcore.backends.numba import env as _numba_env
     from deepcore.bench.machine import cpu_model
 
     monkeypatch.setenv("DEEPCORE_CACHE_DIR", str(tmp_path))
     rule = _numba_env.openblas_runs_large_gemms
+    monkeypatch.setattr(simd, "HAS_FMA", False)  # no FMA: auto means BLAS, whatever is stored
+    assert rule("auto", "numpy") is True and rule("jit", "numpy") is False
+    monkeypatch.setattr(simd, "HAS_FMA", True)  # as on a target with FMA
     assert rule("jit", "numpy") is False
     assert rule("blas", "numpy") is True
     assert rule("auto", "numpy") is (gemm.VECTOR_BYTES < 64)  # nothing stored yet

@@ -25,8 +25,9 @@ Vector registers: 32 on ARM64 (NEON v0-v31) and with AVX-512 (zmm0-31), else 16.
 ARM64 uses NEON's 128-bit vectors, not SVE: SVE's length is fixed only by the chip (128 bits
 on Neoverse N2/V2 and Graviton4, 256 on Graviton3, 512 on A64FX; Apple's cores have none), and
 LLVM emits fixed-width vectors as SVE only when told one length for the whole program, which
-compiled-once, cached machine code cannot promise. On the laptop and cloud cores named, NEON's
-four 128-bit FMA pipes (two on Apple's efficiency cores) reach the same peak as SVE's.
+compiled-once, cached machine code cannot promise. Nor would it pay on the cores named but
+A64FX: on Neoverse N2/V2 SVE is NEON's width, and Neoverse V1's two 256-bit SVE pipes reach the
+same peak as its four 128-bit NEON pipes.
 Every fact depends only on the CPU name and features, which Numba's cache key already includes.
 """
 
