@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -190,15 +191,80 @@ def test_dot_rows_match_float64_and_are_thread_independent(g, dt, m, n, k):
         assert np.array_equal(c1, c2) and np.array_equal(c1, c3)
 
 
-def test_choose_grid_splits_the_larger_side_and_uses_every_thread(g):
-    nr = g.nr_of("float32")
+#: Register-block widths (NR columns) the kernel has on the targets it supports: float32 and
+#: float64 on SSE (16-byte vectors, NV = 2), AVX2 or NEON (NR = 16 / 8) and AVX-512 (64 / 32).
+BLOCK_WIDTHS = (4, 8, 16, 32, 64)
+
+
+@pytest.mark.parametrize("nr", BLOCK_WIDTHS)
+def test_choose_grid_splits_the_larger_side_and_uses_every_thread(g, nr):
+    """The grid for every block width the kernel can have, not only this host's."""
     assert g.choose_grid(128, 512, 784, 1, nr) == (1, 1)
-    tm, tn = g.choose_grid(128, 4096, 512, 2, nr)
-    assert (tm, tn) == (1, 2)  # 22 row strips but 64 column strips: split the columns
-    assert g.choose_grid(4096, 64, 512, 2, nr) == (2, 1)  # one column strip: split the rows
+    assert g.choose_grid(128, 64 * nr, 512, 2, nr) == (1, 2)  # 22 row strips, 64 column strips
+    assert g.choose_grid(4096, nr, 512, 2, nr) == (2, 1)  # one column strip: split the rows
+    assert g.choose_grid(6, 4096 * nr, 64, 4, nr) == (1, 4)  # one row strip: split the columns
     for threads in (2, 3, 4, 6):
         tm, tn = g.choose_grid(1000, 1000, 100, threads, nr)
         assert tm * tn == threads
+
+
+def _nan_empty(real):  # type: ignore[no-untyped-def]
+    """np.empty whose float buffers come filled with NaN."""
+
+    def empty(shape, dtype=float, *args, **kw):  # type: ignore[no-untyped-def]
+        out = real(shape, dtype, *args, **kw)
+        if out.dtype.kind == "f":
+            out.fill(np.nan)
+        return out
+
+    return empty
+
+
+@pytest.mark.parametrize("impl", ["jit", "blas"])
+def test_no_route_reads_unwritten_memory_or_raises_fp_flags(monkeypatch, impl):
+    """NumPy's matmul reports the floating-point flags its BLAS raised as warnings, and a kernel
+    or check reading an uninitialised buffer would show up the same way. Here every float
+    buffer np.empty hands out is NaN, FP exceptions raise and warnings are errors: GEMMs (every
+    layout, beta 0 on a NaN `out`, beta != 0) and both training-step routes stay finite and
+    right. (The warnings seen under qemu came from NumPy's arm64 OpenBLAS on qemu's `max`
+    CPU, not from deepcore: see ci/aarch64.sh.)"""
+    import warnings
+
+    monkeypatch.setattr(np, "empty", _nan_empty(np.empty))
+    be = NumbaBackend()
+    be.gemm_impl = impl
+    rng = np.random.default_rng(11)
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for m, n, k in ((4, 4, 4), (7, 70, 300), (33, 10, 64), (100, 130, 50)):
+            for ta in (False, True):
+                for tb in (False, True):
+                    a, b, c = _operands(rng, m, n, k, ta, tb, "float32")
+                    for alpha, beta in ((1.0, 0.0), (0.5, 0.0), (-0.5, 2.0)):
+                        out = np.full((m, n), np.nan, np.float32) if beta == 0 else c.copy()
+                        got = be.gemm(a, b, ta, tb, alpha, beta, out=out)
+                        _assert_close(got, _reference(a, b, c, ta, tb, alpha, beta), "float32", k)
+        sizes, batch = (64, 256, 128, 10), 32
+        ws0 = [(rng.standard_normal((o, i)) / np.sqrt(i)).astype("float32")
+               for i, o in zip(sizes, sizes[1:], strict=False)]  # fmt: skip
+        bs0 = [np.zeros(o, "float32") for o in sizes[1:]]
+        x = rng.standard_normal((batch, sizes[0])).astype("float32")
+        y = rng.integers(0, sizes[-1], batch)
+        runs = []
+        for path in ("compiled", "layered"):
+            be.step_path = path
+            ws, bs = [w.copy() for w in ws0], [b.copy() for b in bs0]
+            grads = ([np.empty_like(w) for w in ws], [np.empty_like(b) for b in bs])
+            state = ([np.zeros_like(p) for p in (*ws, *bs)],)
+            losses = [float(be.fused_mlp_step(ws, bs, *grads, ("relu", "relu", "identity"), x,
+                                              y, "sgd", lr=0.05, momentum=0.9,
+                                              first_step=i == 0, state=state))
+                      for i in range(2)]  # fmt: skip
+            runs.append((losses, [*ws, *bs]))
+    assert all(np.isfinite(v).all() for v in runs[0][1])
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    for got, want in zip(runs[0][1], runs[1][1], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------- SIMD intrinsics
@@ -243,31 +309,101 @@ def test_simd_transpose_sum_load_store(nb, dt):
     np.testing.assert_allclose(y, want, rtol=1e-6)
 
 
-def test_vector_width_and_register_block_agree_with_the_host(nb):
+def test_vector_width_and_register_block_agree_with_the_target(nb):
     s, g = nb._k.simd, nb._k.gemm
-    assert s.VECTOR_BYTES in (32, 64)
+    t = s.TARGET
+    assert (s.VECTOR_BYTES, s.VECTOR_REGISTERS, s.HAS_FMA) == (t.vector_bytes, t.registers, t.fma)
+    assert s.VECTOR_BYTES in (16, 32, 64) and s.VECTOR_REGISTERS in (16, 32)
     assert g.nr_of("float32") == g.NV * s.VECTOR_BYTES // 4
     assert g.nr_of("float64") == g.NV * s.VECTOR_BYTES // 8
     assert (g.NV == 4) == (s.VECTOR_REGISTERS == 32)
+    assert g.MR * g.NV + g.NV + 1 <= s.VECTOR_REGISTERS  # accumulators, B vectors, A broadcast
+    assert nb.fma is s.HAS_FMA
+    if t.arch == "aarch64":  # NEON: 32 x 128-bit registers, FMA in the base ISA
+        assert (s.VECTOR_BYTES, s.VECTOR_REGISTERS, s.HAS_FMA) == (16, 32, True)
 
 
-def test_kernel_on_a_256_bit_avx2_target(tmp_path):
-    """The 16-register, 256-bit variant (NV = 2) that AVX2-only hosts get: compiled for a
-    Haswell target in a fresh process (its own Numba cache) and checked against NumPy."""
+def _loops(asm: str) -> list[list[str]]:
+    """Each backward branch's span of assembly lines, from its target label to the branch."""
+    lines = asm.splitlines()
+    labels: dict[str, int] = {}
+    spans = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\.?L\w+):", line)
+        if m:
+            labels[m.group(1)] = i
+        m = re.match(r"^\s+(j\w+|b(\.\w+)?|cbn?z|tbn?z)\s+.*?(\.?L\w+)\s*$", line)
+        if m and m.group(3) in labels:
+            spans.append(lines[labels[m.group(3)] : i + 1])
+    return spans
+
+
+#: A float32 vector FMA and a vector register's spill or reload (a stack operand), per arch.
+ASM = {
+    "x86_64": (r"\bvfmadd\d+ps\b", r"[xyz]mm\d+.*\(%rsp\)|\(%rsp\).*[xyz]mm\d+"),
+    "aarch64": (r"\bfmla\s+v\d+\.4s", r"\b[qdv]\d+\b.*\[sp\b"),
+}
+
+
+def test_micro_kernel_k_loop_is_register_fmas_without_spills(nb):
+    """The float32 micro-kernel's k loop, in the assembly emitted for this target: MR x NV
+    vector FMAs per k step (LLVM may unroll the loop), and no vector register spilled to or
+    reloaded from the stack. The check behind the register block's size on every target the
+    CI compiles for (native, haswell, ARM64 under qemu)."""
+    from deepcore.kernels.numba import micro as mk
+    from numba import njit
+
+    s = nb._k.simd
+    if s.TARGET.arch not in ASM or not s.HAS_FMA:
+        pytest.skip(f"no assembly check for {s.TARGET.describe()}")
+    fma_re, spill_re = ASM[s.TARGET.arch]
+    from deepcore.kernels.numba._config import GEMM_OPTS
+
+    fresh = njit(**{**GEMM_OPTS, "cache": False})(mk.micro.py_func)  # the cache keeps no asm
+    f32 = np.float32
+    nr, k = mk.NV * s.lanes_of(np.dtype(f32)), 10
+    a, b = np.ones(6 * k, f32), np.ones(k * nr, f32)
+    c, tmp = np.zeros(6 * nr, f32), np.zeros(6 * nr, f32)
+    fresh(a, 0, k, 2 * k, 3 * k, 4 * k, 5 * k, 1, b, 0, nr, k, c, 0, nr, 6, nr, True, f32(1),
+          f32(0), tmp, mk.NV)  # fmt: skip
+    assert np.array_equal(c, np.full(6 * nr, k, f32))
+    (asm,) = fresh.inspect_asm().values()
+    loops = [(sum(bool(re.search(fma_re, x)) for x in body), body) for body in _loops(asm)]
+    fmas, body = max(loops, key=lambda t: (t[0], -len(t[1])))
+    per_step = mk.MR * mk.NV
+    assert fmas >= per_step and fmas % per_step == 0, (fmas, per_step)
+    spills = [x.strip() for x in body if re.search(spill_re, x)]
+    assert not spills, spills
+
+
+#: Other x86 targets the kernels are compiled for in a fresh process (NUMBA_CPU_NAME, empty
+#: NUMBA_CPU_FEATURES: the CPU's own features), with the facts they must report:
+#: (cpu, vector bytes, NV, vector FMA, what the host needs to run the code).
+X86_TARGETS = [
+    ("haswell", 32, 2, True, ("avx2", "fma")),  # AVX2 laptops and desktops
+    ("x86-64", 16, 2, False, ()),  # the baseline: SSE2 only, no FMA
+]
+
+
+@pytest.mark.parametrize("cpu,vbytes,nv,fma,needs", X86_TARGETS, ids=[t[0] for t in X86_TARGETS])
+def test_kernel_and_routes_on_other_x86_targets(tmp_path, cpu, vbytes, nv, fma, needs):
+    """The kernel compiled for another x86 target in a fresh process (its own Numba cache):
+    the facts it reports, the JIT GEMM (forced) against NumPy, and, without FMA, GEMMs and
+    the training step kept off the slow micro-kernel (BLAS, the layer-by-layer route)."""
     import llvmlite.binding as ll
 
+    if not ll.get_process_triple().startswith("x86_64"):
+        pytest.skip("not an x86-64 host")
     host = ll.get_host_cpu_features()
-    if not (host.get("avx2") and host.get("fma")):
-        pytest.skip("this host cannot run AVX2 code")
-    features = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fxsr,+lzcnt,+mmx,"
-                "+movbe,+popcnt,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave")  # fmt: skip
-    code = """
+    if not all(host.get(f) for f in needs):
+        pytest.skip(f"this host cannot run {cpu} code")
+    code = f"""
 import numpy as np
 from deepcore.backends import get_backend
 be = get_backend("numba")
-be.gemm_impl = "jit"
 g, s = be._k.gemm, be._k.simd
-assert (s.VECTOR_BYTES, g.NV) == (32, 2), (s.VECTOR_BYTES, g.NV)
+assert (s.VECTOR_BYTES, g.NV, s.HAS_FMA, be.fma) == ({vbytes}, {nv}, {fma}, {fma}), s.TARGET
+be.gemm_impl = "jit"
 rng = np.random.default_rng(0)
 for dt in ("float32", "float64"):
     for m, n, k in ((7, 70, 300), (130, 33, 257), (64, 10, 40)):
@@ -279,9 +415,20 @@ for dt in ("float32", "float64"):
                 got = be.gemm(a, b, ta, tb)
                 err = np.abs(got - want).max() / np.abs(want).max()
                 assert err < (1e-5 if dt == "float32" else 1e-13), (dt, m, n, k, ta, tb, err)
+be.gemm_impl = "auto"
+calls = []
+real = be._k.step.mlp_step
+be._k.step.mlp_step = lambda *a: calls.append(1) or real(*a)
+w = [rng.standard_normal((16, 8)).astype("float32"), rng.standard_normal((3, 16)).astype("float32")]
+bs = [np.zeros(16, "float32"), np.zeros(3, "float32")]
+gr = ([np.empty_like(v) for v in w], [np.empty_like(v) for v in bs])
+x = rng.standard_normal((4, 8)).astype("float32")
+be.fused_mlp_step(w, bs, *gr, ("relu", "identity"), x, np.array([0, 1, 2, 0]), "sgd", lr=0.1)
+assert {fma} or not be._use_jit(256 * 512 * 512, np.dtype("float32"))  # BLAS, unmeasured
+assert len(calls) == {int(fma)}, calls  # the compiled step (micro-kernel) only with FMA
 print("ok")
 """
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=features)
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="")
     env.update(NUMBA_CACHE_DIR=str(tmp_path / "numba"), DEEPCORE_CACHE_DIR=str(tmp_path))
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
@@ -292,9 +439,11 @@ print("ok")
 
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
-    """A new NumbaBackend (no remembered choices) with its choice file in tmp_path."""
+    """A new NumbaBackend (no remembered choices) with its choice file in tmp_path, as on a
+    target with vector FMA (where `auto` follows the measured choice)."""
     monkeypatch.setenv("DEEPCORE_CACHE_DIR", str(tmp_path))
     be = NumbaBackend()
+    be.fma = True
     calls = []
     monkeypatch.setattr(be, "_jit_gemm", lambda *a, **k: calls.append("jit") or a[4])
     monkeypatch.setattr(be, "_blas_gemm", lambda *a, **k: calls.append("blas") or a[4])
@@ -356,7 +505,9 @@ def test_choice_is_measured_once_then_read_from_the_file(monkeypatch, tmp_path):
     (tmp_path / "numba-gemm-choice.json").write_text("{not json")  # corrupt: measured again
     assert NumbaBackend().gemm_choices("float32") is not None and len(measured) == 4
     json.loads((tmp_path / "numba-gemm-choice.json").read_text())  # and rewritten whole
-    info = NumbaBackend().gemm_info()
+    be = NumbaBackend()
+    be.fma = True  # as on a target with FMA (without, auto is BLAS: tested below)
+    info = be.gemm_info()
     assert info.startswith("auto; float32: small ") and str(tmp_path) in info
 
 
@@ -367,11 +518,32 @@ def test_unwritable_cache_keeps_the_choice_in_memory(monkeypatch, tmp_path):
     chosen = _gemm_choice.Choice(True, 1.0, 2.0, "now")
     monkeypatch.setattr(_gemm_choice, "measure", lambda j, b, w, rounds=7: chosen)
     be = NumbaBackend()
+    be.fma = True
     assert _gemm_choice.cache_path() is None
     assert be.gemm_choices("float32")["large"].jit
     a = np.ones((100, 100), np.float32)
     np.testing.assert_array_equal(be.gemm(a, a), np.full((100, 100), 100, np.float32))
     assert "not saved" in be.gemm_info()
+
+
+def test_without_fma_auto_runs_blas_unmeasured(monkeypatch, tmp_path):
+    """On a target without vector FMA the JIT kernel is far slower than BLAS: `auto` sends every
+    GEMM to BLAS without measuring; `jit` still forces the kernel."""
+    monkeypatch.setenv("DEEPCORE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_gemm_choice, "measure", lambda *a, **k: pytest.fail("measured"))
+    be = NumbaBackend()
+    be.fma = False
+    calls = []
+    monkeypatch.setattr(be, "_jit_gemm", lambda *a, **k: calls.append("jit") or a[4])
+    monkeypatch.setattr(be, "_blas_gemm", lambda *a, **k: calls.append("blas") or a[4])
+    a16, a128 = np.ones((16, 16), np.float32), np.ones((128, 128), np.float32)
+    be.gemm(a16, a16)
+    be.gemm(a128, a128)
+    assert calls == ["blas", "blas"]
+    assert "no vector FMA" in be.gemm_info()
+    be.gemm_impl = "jit"
+    be.gemm(a128, a128)
+    assert calls[-1] == "jit"
 
 
 def test_measure_picks_the_faster_callable():
@@ -407,13 +579,16 @@ def test_gemm_with_an_aliased_out_is_still_right(nb, monkeypatch):
 def test_wait_policy_rule_reads_the_stored_choice(monkeypatch, tmp_path):
     """Passive waiting exactly when large GEMMs are expected on OpenBLAS: forced, from the
     stored measurement for this CPU and kernel, or (none stored yet) from the vector width."""
-    from deepcore.kernels.numba import gemm
+    from deepcore.kernels.numba import gemm, simd
 
     from deepcore.backends.numba import env as _numba_env
     from deepcore.bench.machine import cpu_model
 
     monkeypatch.setenv("DEEPCORE_CACHE_DIR", str(tmp_path))
     rule = _numba_env.openblas_runs_large_gemms
+    monkeypatch.setattr(simd, "HAS_FMA", False)  # no FMA: auto means BLAS, whatever is stored
+    assert rule("auto", "numpy") is True and rule("jit", "numpy") is False
+    monkeypatch.setattr(simd, "HAS_FMA", True)  # as on a target with FMA
     assert rule("jit", "numpy") is False
     assert rule("blas", "numpy") is True
     assert rule("auto", "numpy") is (gemm.VECTOR_BYTES < 64)  # nothing stored yet

@@ -1,5 +1,6 @@
 """The GEMM micro-kernel: an MR x NR block of C held in MR * NV SIMD registers (NR = NV vectors
-of the host's width: 6 x 4 zmm = 6 x 64 floats on AVX-512 hosts, 6 x 2 ymm with 16 registers).
+of the target's width: 6 x 4 zmm = 6 x 64 floats with AVX-512, 6 x 4 NEON q = 6 x 16 on ARM64,
+6 x 2 ymm = 6 x 16 with AVX2, 6 x 2 xmm = 6 x 8 on the SSE-only x86-64 baseline).
 
 Each k step loads NV vectors of B, broadcasts MR values of A and issues MR * NV FMAs: 24 FMAs
 against 10 loads, enough independent FMAs to cover their latency on both FMA pipes (measured
@@ -28,8 +29,10 @@ from .simd import (
 
 #: Rows of the register block (broadcasts of A per k step).
 MR = 6
-#: Vectors per row of the register block: 6 x 4 = 24 accumulators with 32 vector registers,
-#: 6 x 2 = 12 with 16 (AVX2).
+#: Vectors per row of the register block: 6 x 4 = 24 accumulators with 32 vector registers
+#: (AVX-512, NEON), 6 x 2 = 12 with 16 (AVX2, SSE); with the NV vectors of B and a broadcast of
+#: A, 29 of 32 or 15 of 16 registers are live in the k loop: none spills (checked in the
+#: assembly, tests/test_numba_gemm.py).
 NV = 4 if VECTOR_REGISTERS == 32 else 2
 #: Vectors per row of the half-width block for narrow strips (e.g. 32 float32 columns).
 NV_HALF = NV // 2

@@ -7,17 +7,34 @@ registers only from ~1,200 generated lines and stops doing so when a store is wr
 (measured here: 40 clean AVX-512 instructions per k step vs. spills on every step). With vector
 values the same loop is 24 lines and always compiles to 24 FMAs, 4 loads and 6 broadcasts.
 
-The vector width is the one LLVM keeps whole for this host under Numba's CPU settings (probed
-once at import by compiling one 512-bit add): 64 bytes where it emits a zmm register, else 32
-bytes (hosts without AVX-512). Explicit 512-bit vectors stay whole even for Intel AVX-512 targets
-whose auto-vectorizer prefers 256 bits (checked with NUMBA_CPU_NAME=skylake-avx512); the probe
-guards against a target that would split them. It depends only on the CPU name and features,
-which Numba's cache key already includes.
+What the kernels are compiled for (`TARGET`) is read from the compiled target itself: the
+architecture, the CPU name and features exactly as Numba's codegen chooses them
+(NUMBA_CPU_NAME / NUMBA_CPU_FEATURES included), and two facts probed once at import by letting
+LLVM compile a few lines for that target:
+- the vector width: 64 bytes where a 512-bit add stays whole in a zmm register (AVX-512), 32
+  where a 256-bit one stays in a ymm register (AVX, AVX2), else 16 (SSE: the x86-64 baseline;
+  NEON on ARM64). Explicit 512-bit vectors stay whole even for Intel AVX-512 targets whose
+  auto-vectorizer prefers 256 bits (checked with NUMBA_CPU_NAME=skylake-avx512); the probe
+  guards against a target that would split them;
+- FMA: whether a vector fused multiply-add is one instruction or a call to libm's `fmaf`
+  (x86 without FMA: the x86-64 baseline, Sandy Bridge, VMs exposing a baseline CPU model).
+  There the micro-kernel runs ~65x slower than BLAS, so the backend keeps its GEMMs and its
+  training step on BLAS (`TARGET.fma`, read by NumbaBackend.fma).
+Vector registers: 32 on ARM64 (NEON v0-v31) and with AVX-512 (zmm0-31), else 16.
+
+ARM64 uses NEON's 128-bit vectors, not SVE: SVE's length is fixed only by the chip (128 bits
+on Neoverse N2/V2 and Graviton4, 256 on Graviton3, 512 on A64FX; Apple's cores have none), and
+LLVM emits fixed-width vectors as SVE only when told one length for the whole program, which
+compiled-once, cached machine code cannot promise. Nor would it pay on the cores named but
+A64FX: on Neoverse N2/V2 SVE is NEON's width, and Neoverse V1's two 256-bit SVE pipes reach the
+same peak as its four 128-bit NEON pipes.
+Every fact depends only on the CPU name and features, which Numba's cache key already includes.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import llvmlite.binding as ll
 from llvmlite import ir
@@ -40,31 +57,75 @@ def host_cpu_id() -> str:
     return f"{name} {features}"
 
 
-@functools.lru_cache(maxsize=1)
-def host_vector_bytes() -> int:
-    """64 when LLVM keeps a 512-bit vector add in one zmm register on this host, else 32."""
-    name, features = _host_cpu()
-    if "+avx512f" not in features.split(","):
-        return 32
+@dataclass(frozen=True)
+class Target:
+    """What the kernels are compiled for, as the compiled code shows it (see the module doc)."""
+
+    arch: str  # the process triple's first field: "x86_64", "aarch64" (macOS's arm64 too), ...
+    cpu: str  # the LLVM CPU name Numba compiles for
+    vector_bytes: int  # bytes per SIMD register the kernels use: 16, 32 or 64
+    registers: int  # vector registers of that width: 16 or 32
+    fma: bool  # a vector a*b+c is one instruction (False: a libm call per lane)
+
+    def describe(self) -> str:
+        fma = "FMA" if self.fma else "no FMA (fmaf calls)"
+        bits = self.vector_bytes * 8
+        return f"{self.arch} {self.cpu}: {bits}-bit vectors x {self.registers}, {fma}"
+
+
+def _probe_asm(body: str, lanes: int) -> str:
+    """The assembly LLVM emits for this target from `void probe(<lanes x float>* x, y, z)`
+    whose body is built by `body` ("add": x = x + y; "fma": x = fma(x, y, z))."""
     ll.initialize_native_target()
     ll.initialize_native_asmprinter()
-    mod = ir.Module(name="deepcore_width_probe")
-    vty = ir.VectorType(ir.FloatType(), 16)
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [vty.as_pointer()] * 2), "probe")
+    name, features = _host_cpu()
+    mod = ir.Module(name="deepcore_target_probe")
+    vty = ir.VectorType(ir.FloatType(), lanes)
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [vty.as_pointer()] * 3), "probe")
     b = ir.IRBuilder(fn.append_basic_block())
-    x, y = (b.load(p, align=4) for p in fn.args)
-    b.store(b.fadd(x, y), fn.args[0], align=4)
+    x, y, z = (b.load(p, align=4) for p in fn.args)
+    if body == "fma":
+        f = ir.Function(mod, ir.FunctionType(vty, [vty] * 3), f"llvm.fma.v{lanes}f32")
+        r = b.call(f, [x, y, z])
+    else:
+        r = b.fadd(x, y)
+    b.store(r, fn.args[0], align=4)
     b.ret_void()
-    target = ll.Target.from_default_triple()
-    tm = target.create_target_machine(cpu=name, features=features, opt=3)
-    asm = tm.emit_assembly(ll.parse_assembly(str(mod)))
-    return 64 if "zmm" in asm else 32
+    tm = ll.Target.from_default_triple().create_target_machine(cpu=name, features=features, opt=3)
+    return tm.emit_assembly(ll.parse_assembly(str(mod)))
 
 
-#: Bytes per SIMD register the kernels use on this host (see host_vector_bytes).
-VECTOR_BYTES = host_vector_bytes()
-#: Vector registers: 32 with AVX-512 (zmm0-31 / ymm0-31), else 16. Sizes the register blocks.
-VECTOR_REGISTERS = 32 if "+avx512f" in _host_cpu()[1].split(",") else 16
+@functools.lru_cache(maxsize=1)
+def target() -> Target:
+    """The compiled target's facts (probed once per process; see the module doc)."""
+    arch = ll.get_process_triple().split("-")[0]
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)  # macOS says arm64
+    x86 = arch == "x86_64"
+    if x86 and "zmm" in _probe_asm("add", 16):
+        width = 64
+    elif x86 and "ymm" in _probe_asm("add", 8):
+        width = 32
+    else:
+        width = 16
+    registers = 32 if width == 64 or arch == "aarch64" else 16
+    fma = "fmaf" not in _probe_asm("fma", 4)
+    return Target(arch, _host_cpu()[0], width, registers, fma)
+
+
+def host_vector_bytes() -> int:
+    """Bytes per SIMD register the kernels use on this target (see `target`)."""
+    return target().vector_bytes
+
+
+#: The compiled target (see `target`).
+TARGET = target()
+#: Bytes per SIMD register the kernels use on this host (see `target`).
+VECTOR_BYTES = TARGET.vector_bytes
+#: Vector registers of that width: 32 on ARM64 (NEON) and with AVX-512, else 16. Sizes the
+#: register blocks.
+VECTOR_REGISTERS = TARGET.registers
+#: Whether a vector FMA is one instruction here (False on x86 without FMA: see the module doc).
+HAS_FMA = TARGET.fma
 
 
 def lanes_of(dtype) -> int:  # type: ignore[no-untyped-def]

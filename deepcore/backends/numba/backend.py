@@ -56,12 +56,17 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
     xp = np
     whole_step = True
     compiles = True
+    #: Whether the target the kernels are compiled for has vector FMA (kernels/numba/simd.py).
+    #: Without it (x86-64 baseline, Sandy Bridge) the JIT GEMM is far slower than BLAS: GEMMs
+    #: run on BLAS and the training step layer by layer, unless forced (gemm_impl, step_path).
+    fma: bool = True
 
     def __init__(self) -> None:
         super().__init__()
         check_blas(self.blas)  # DEEPCORE_NUMBA_BLAS, checked up front (MKL loads on first use)
         check_gemm_impl(self.gemm_impl)  # DEEPCORE_NUMBA_GEMM, likewise
         self._k = _kernels(self.gemm_impl, self.blas)
+        self.fma = bool(self._k.simd.HAS_FMA)
         self._dummies: dict[tuple[str, int], np.ndarray] = {}
 
     # ------------------------------------------------------------------ plumbing
@@ -237,7 +242,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
             for depth in depths:
                 if depth != 2:
                     _exercise_stages(self, np.dtype(name), depth)
-            if self.gemm_impl == "auto":
+            if self.gemm_impl == "auto" and self.fma:
                 self.gemm_choices(name)
         return time.perf_counter() - start
 
@@ -250,7 +255,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
             "numba": importlib.import_module("numba").__version__,
             "numba_cache": cfg.CACHE_DIR or ("in-tree __pycache__" if cfg.CACHE else "off"),
             "gemm": self.gemm_info(),
-            "simd": f"{self._k.simd.VECTOR_BYTES * 8}-bit vectors",
+            "simd": self._k.simd.TARGET.describe(),
             "blas": self._blas_info(),
             **threads.threading_info(),
         }

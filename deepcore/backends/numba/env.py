@@ -39,10 +39,11 @@ def openblas_runs_large_gemms(gemm_impl: str, blas: str) -> bool:
     (the JIT kernel was the faster where it gets 512-bit registers; BLAS elsewhere)."""
     if gemm_impl == "jit" or (blas != "numpy" and _mkl_installed()):
         return False
-    if gemm_impl == "blas":
+    from ...kernels.numba import gemm, simd
+
+    if gemm_impl == "blas" or not simd.HAS_FMA:  # without FMA, auto runs GEMMs on BLAS
         return True
     from ...bench.machine import cpu_model
-    from ...kernels.numba import gemm
 
     stored = gemm_choice.expects_jit(gemm_choice.cache_path(), cpu_model(), gemm.kernel_id())
     if stored is not None:

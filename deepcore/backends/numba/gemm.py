@@ -47,6 +47,7 @@ class NumbaGemmMixin(Backend):
     """gemm and the backend-internal `_matmul` for NumbaBackend (needs its `_k` kernels)."""
 
     _k: Any
+    fma: bool
     #: "auto" (the faster of the JIT kernel and BLAS, measured per size class), "jit" or "blas";
     #: the DEEPCORE_NUMBA_GEMM environment variable sets it.
     gemm_impl: str = os.environ.get("DEEPCORE_NUMBA_GEMM", "auto")
@@ -138,6 +139,8 @@ class NumbaGemmMixin(Backend):
         if impl == "blas":
             return False
         check_gemm_impl(impl)
+        if not self.fma:  # no vector FMA: the JIT kernel is ~65x slower than BLAS
+            return False
         mem = self.__dict__.get("_choices")
         choices = mem.get(self._gemm_key(dt, nthreads)) if mem else None
         if choices is None:
@@ -286,6 +289,8 @@ class NumbaGemmMixin(Backend):
         """One line for `deepcore info`: the GEMM setting and, where measured, the choices."""
         if self.gemm_impl != "auto":
             return f"{self.gemm_impl} (forced)"
+        if not self.fma:
+            return "auto: blas (the JIT kernel's target has no vector FMA)"
         parts = []
         for name in ("float32", "float64"):
             try:

@@ -53,6 +53,8 @@ class NumbaStagesMixin(Backend):
     _matmul_fused: Any
     _use_jit: Any
     _mkl: Any
+    #: Whether the compile target has vector FMA (without it the compiled route is slow).
+    fma: bool = True
     #: Route of the fused stages: "auto" (by size), "compiled" (one call) or "layered".
     step_path: str = "auto"
     #: Parameters (elements, all layers) from which the layered step's update runs in parallel
@@ -128,7 +130,7 @@ class NumbaStagesMixin(Backend):
         return (
             net.ok
             and path != "layered"
-            and (path == "compiled" or x.shape[0] * net.work <= FUSED_STEP_MAX_WORK)
+            and (path == "compiled" or (self.fma and x.shape[0] * net.work <= FUSED_STEP_MAX_WORK))
             and isinstance(x, np.ndarray)
             and x.ndim == 2
             and x.dtype == net.dt
@@ -143,7 +145,7 @@ class NumbaStagesMixin(Backend):
         path = self.step_path
         if path != "auto":
             return path
-        return "compiled" if batch * work <= FUSED_STEP_MAX_WORK else "layered"
+        return "compiled" if self.fma and batch * work <= FUSED_STEP_MAX_WORK else "layered"
 
     def _masks(self, net: _Net, masks: Any, m: int) -> tuple[tuple, tuple]:
         """(pattern, arrays): masks as the kernels take them (empty arrays where none)."""
