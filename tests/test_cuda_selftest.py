@@ -31,8 +31,12 @@ def test_unavailable_cupy_returns_false_and_says_why(capsys, monkeypatch):
 
 
 @pytest.mark.skipif(not host.available()[0], reason="the double runs host-compiled kernels")
-def test_cupy_backend_through_the_double_passes(capsys):
-    with cupy_double.installed() as state:
+@pytest.mark.parametrize("variant", host.VARIANTS)
+def test_cupy_backend_through_the_double_passes(capsys, variant):
+    """selftest's tolerances hold for both host builds: as written and with a GPU's FMA/FTZ."""
+    if variant == "gpu" and not host.fma_available()[0]:
+        pytest.skip(host.fma_available()[1])
+    with cupy_double.installed(variant=variant) as state:
         from deepcore.backends.cupy import CupyBackend
 
         assert run_selftest(CupyBackend(0), steps=5)
