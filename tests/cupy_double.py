@@ -49,6 +49,7 @@ Where it is LOOSER than CuPy:
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import importlib.machinery
 import re
 import sys
@@ -522,17 +523,39 @@ def installed(**settings: Any) -> Any:
     global STATE
     saved_state = STATE
     STATE = State(**settings)
-    saved = {name: sys.modules.get(name) for name in build_modules()}
-    sys.modules.update(build_modules())
+    modules = build_modules()
+    saved = {name: sys.modules.get(name) for name in modules}
+    finder = None
+    if "cublas" in STATE.broken:  # as CuPy 14 without [ctk]: `import cupy.cublas` fails
+        del modules["cupy.cublas"], modules["cupy"].cublas
+        finder = _FailingImport("cupy.cublas", STATE.broken["cublas"])
+        sys.meta_path.insert(0, finder)
+    for name in saved:
+        sys.modules.pop(name, None)
+    sys.modules.update(modules)
     try:
         yield STATE
     finally:
+        if finder is not None:
+            sys.meta_path.remove(finder)
         for name, mod in saved.items():
             if mod is None:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = mod
         STATE = saved_state
+
+
+class _FailingImport(importlib.abc.MetaPathFinder):
+    """Makes `import <name>` raise ImportError(message), as a missing shared library does."""
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name, self.message = name, message.partition(": ")[2] or message
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname == self.name:
+            raise ImportError(self.message)
+        return None
 
 
 def pytest_load_initial_conftests(early_config: Any, parser: Any, args: Any) -> None:
