@@ -344,7 +344,10 @@ def cmd_info() -> int:
     print("backends:")
     for name, av in dc.available_backends().items():
         mark = "available" if av.available else "unavailable"
-        print(f"  {name:6s} {mark:11s} {av.reason}")
+        first, *more = av.reason.splitlines() or [""]
+        print(f"  {name:6s} {mark:11s} {first}")
+        for line in more:  # e.g. one line per missing CUDA library
+            print(f"{'':21s}{line.strip()}")
     from .backends.numpy import blas_info
 
     facts = dict(blas_info())
