@@ -311,7 +311,9 @@ class RawModule:
             raise AssertionError("NVRTC would not find local includes: sources must be inlined")
         self.code, self.options = code, tuple(options)
         self.name_expressions = tuple(name_expressions or ())
-        STATE.modules.append({"options": self.options, "names": self.name_expressions})
+        STATE.modules.append(
+            {"code": code, "options": self.options, "names": self.name_expressions}
+        )
 
     def get_function(self, name: str) -> Any:
         _broken("nvrtc")  # CuPy compiles (NVRTC + the CUDA headers) on first get_function
