@@ -36,7 +36,9 @@ def params(sizes: tuple[int, ...]) -> int:
 
 def _median_window(be: Backend, run: Callable[[], Any], budget: float, windows: int = 5) -> float:
     """Seconds per call: the median over `windows` windows of at least one call each, sized so
-    all windows take about `budget` seconds. The device is synchronized around every clock."""
+    all windows take about `budget` seconds. The device is synchronized around every clock; a
+    first call (compiles, lazy choices) stays outside it."""
+    run()
     be.synchronize()
     t0 = time.perf_counter()
     run()
@@ -130,6 +132,9 @@ def _torch_cuda_step(sizes: tuple[int, ...], batch: int, budget: float) -> float
 
 def measure(be: Backend, budget: float = 1.0, say: Callable[..., None] = print) -> dict[str, Any]:
     """GEMM and step timings plus the goals they answer, as one JSON-ready dict."""
+    warm = getattr(be, "warmup", None)
+    if warm is not None:  # JIT compiles (numba) stay out of every clock
+        warm(dtypes=("float32",))
     gemm = time_gemm(be, budget)
     best = max(r["gflops"] for r in gemm)
     for r in gemm:
