@@ -285,3 +285,29 @@ def test_double_kernel_scalars_must_have_the_parameters_exact_type(gpu):
     for bad in (0.5, np.float64(0.5)):
         with pytest.raises(TypeError, match="float32 scalar"):
             fn((1, 1, 1), (256, 1, 1), (x, x, x, x, np.int64(4), bad))
+
+
+def test_training_on_cupy_1_stays_on_device_1():
+    """A whole Trainer step on cupy:1 while device 0 is current: every launch and every
+    parameter, gradient and optimizer state array lives on device 1."""
+    import deepcore as dc
+    from deepcore.train import Trainer
+
+    with cupy_double.installed(device_count=2) as state:
+        from deepcore.backends.cupy import CupyBackend
+
+        b1 = CupyBackend(1)
+        dc.seed(0)
+        model = dc.nn.mlp([6, 9, 3], "gelu", backend=b1)
+        trainer = Trainer(model, "cross_entropy", "adam", lr=1e-2)
+        x = b1.asarray(rand((5, 6), "float32", 70))
+        y = np.array([0, 1, 2, 1, 0])
+        state.current_device = 0
+        losses = [trainer.train_step(x, y) for _ in range(3)]
+        assert {loss.device.id for loss in losses} == {1}
+        arrays = [p.data for p in model.parameters()]
+        arrays += [p.grad for p in model.parameters() if p.grad is not None]
+        for st in trainer.optimizer.state.values():
+            arrays += [v for v in st.values() if type(v).__module__ == "cupy"]
+        assert arrays and {a.device.id for a in arrays} == {1}
+        assert state.launches and state.current_device == 0
