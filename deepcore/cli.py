@@ -386,9 +386,10 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
     if args.json:  # before any work: a report nobody can write is a usage error
         parent = os.path.dirname(os.path.abspath(args.json))
-        if os.path.isdir(args.json) or not os.path.isdir(parent):
-            raise UsageError(f"--json {args.json}: not a writable file path (no such directory "
-                             f"{parent!r} or a directory itself)")  # fmt: skip
+        if os.path.isdir(args.json):
+            raise UsageError(f"--json {args.json} is a directory; give a file path for the report")
+        if not os.path.isdir(parent):
+            raise UsageError(f"--json {args.json}: no such directory {parent!r}")
     backend = get_backend(args.backend)  # unknown or unavailable: one line, exit 2
     ok = run_selftest(backend, verbose=True, json_path=args.json, timings=not args.no_timings)
     if args.json:

@@ -88,7 +88,8 @@ def test_cli_writes_the_report(tmp_path, toy_sizes, capsys):
     [
         (["--backend", "tpu"], "unknown backend 'tpu'"),
         (["--backend", "cupy:x"], "bad backend 'cupy:x'"),
-        (["--json", "/no/such/dir/r.json"], "--json /no/such/dir/r.json: not a writable"),
+        (["--json", "/no/such/dir/r.json"], "--json /no/such/dir/r.json: no such directory"),
+        (["--json", "/"], "--json / is a directory"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2_before_any_work(argv, message, capsys):
