@@ -126,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, backends (with reasons), BLAS and threads")
 
     s = sub.add_parser("selftest", help="check a backend's kernels against NumPy on this machine")
-    s.add_argument("--backend", default="cupy", help="backend to check (default: cupy)")
+    s.add_argument(
+        "--backend", default="auto", help="backend to check (default: auto, the best available)"
+    )
+    s.add_argument("--json", metavar="PATH", help="write the full report (errors, timings) here")
+    s.add_argument("--no-timings", action="store_true", help="skip the GEMM and step timings")
     return parser
 
 
@@ -346,7 +350,10 @@ def cmd_info() -> int:
     print("backends:")
     for name, av in dc.available_backends().items():
         mark = "available" if av.available else "unavailable"
-        print(f"  {name:6s} {mark:11s} {av.reason}")
+        first, *more = av.reason.splitlines() or [""]
+        print(f"  {name:6s} {mark:11s} {first}")
+        for line in more:  # e.g. one line per missing CUDA library
+            print(f"{'':21s}{line.strip()}")
     from .backends.numpy import blas_info
 
     facts = dict(blas_info())
@@ -377,7 +384,19 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         from .selftest import run_selftest
     except ImportError as exc:
         raise UsageError(f"the self-test is not available: {exc}") from None
-    return 0 if run_selftest(backend=args.backend, verbose=True) else 1
+    from .backends import get_backend
+
+    if args.json:  # before any work: a report nobody can write is a usage error
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if os.path.isdir(args.json):
+            raise UsageError(f"--json {args.json} is a directory; give a file path for the report")
+        if not os.path.isdir(parent):
+            raise UsageError(f"--json {args.json}: no such directory {parent!r}")
+    backend = get_backend(args.backend)  # unknown or unavailable: one line, exit 2
+    ok = run_selftest(backend, verbose=True, json_path=args.json, timings=not args.no_timings)
+    if args.json:
+        print(f"selftest: report written to {args.json}")
+    return 0 if ok else 1
 
 
 def _version() -> str:

@@ -3,12 +3,18 @@ training run on both.
 
 Meant for a user with a GPU (`deepcore selftest`, or `deepcore.selftest.run_selftest()`): the
 CuPy backend's kernels were only executed in emulation before release, so this is the first
-time they meet your GPU. Works for any backend; prints one line per check with the largest
-absolute and relative error and the tolerance, and returns True when all pass.
+time they meet your GPU. Works for any backend (default: the best available one, as "auto"
+picks); prints one line per check with the largest absolute and relative error and the
+tolerance, then timings (selftest_speed.py), and returns True when all checks pass. With
+`json_path` everything goes to a JSON report too (the file to send back from a first GPU run).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -146,57 +152,130 @@ def _training(be: Backend, ref: Backend, dtype: str, steps: int, seed: int):
 
 
 def run_selftest(
-    backend: str | Backend = "cupy", verbose: bool = True, seed: int = 0, steps: int = 20
+    backend: str | Backend = "auto",
+    verbose: bool = True,
+    seed: int = 0,
+    steps: int = 20,
+    json_path: str | os.PathLike[str] | None = None,
+    timings: bool = True,
 ) -> bool:
-    """Check every kernel of `backend` against the NumPy backend and train briefly on both.
+    """Check every kernel of `backend` against the NumPy backend, train briefly on both and
+    (with `timings`) time its GEMM and a training step per workload.
 
-    Prints one line per check (max abs/rel error, tolerance) when verbose; returns True when
-    everything agrees, False (saying why) when a check fails or the backend cannot run here.
+    Prints one line per check (max abs/rel error, tolerance) when verbose; writes the whole
+    report to `json_path` when given; returns True when every check agrees, False (saying why)
+    when one fails or the backend cannot run here. Timings never fail the self-test.
     """
+    report = selftest_report(backend, verbose=verbose, seed=seed, steps=steps, timings=timings)
+    if json_path is not None:
+        write_json(json_path, report)
+    return bool(report["passed"])
+
+
+def selftest_report(
+    backend: str | Backend = "auto",
+    verbose: bool = True,
+    seed: int = 0,
+    steps: int = 20,
+    timings: bool = True,
+) -> dict[str, Any]:
+    """The self-test as a JSON-ready dict ("passed", "checks", "training", "timings", ...)."""
+    from . import __version__
     from .backends import get_backend
     from .backends.numpy import NumpyBackend
     from .errors import BackendUnavailableError
 
     say: Callable[..., None] = print if verbose else (lambda *a, **k: None)
+    report: dict[str, Any] = {
+        "deepcore": __version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpus": os.cpu_count(),
+        },  # fmt: skip
+        "backend": str(backend if isinstance(backend, str) else backend.name),
+        "reference": "numpy",
+        "passed": False,
+    }
     try:
         be = get_backend(backend)
     except BackendUnavailableError as exc:
         say(f"selftest: {exc}")
-        return False
+        report["error"] = str(exc)
+        return report
     ref = NumpyBackend()
+    report["backend"] = be.name
     say(f"selftest: {be.name} against numpy")
-    for key, value in be.info().items():
+    info = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+            for k, v in be.info().items()}  # fmt: skip
+    report["backend_info"] = info
+    for key, value in info.items():
         say(f"  {key}: {value}")
     if getattr(be, "allow_tf32", False):
         say("  note: TF32 is on; float32 GEMM checks will exceed float32 tolerances")
-    all_ok = True
+    checks: list[dict[str, Any]] = []
+    training: list[dict[str, Any]] = []
     for dtype in ("float32", "float64"):
         for name, terms, fn in _checks():
+            row: dict[str, Any] = {"name": name, "dtype": dtype, "terms": terms}
             try:  # fresh inputs per run: on the CPU backends asarray does not copy
                 got = [be.to_host(a) for a in fn(be, _inputs(dtype, seed))]
                 be.synchronize()
                 want = [ref.to_host(a) for a in fn(ref, _inputs(dtype, seed))]
                 passed, mabs, mrel, (rtol, atol) = _compare(got, want, dtype, terms)
+                row.update(max_abs=mabs, max_rel=mrel, rtol=rtol, atol=atol)
                 line = (
                     f"max_abs={mabs:.2e} max_rel={mrel:.2e} tol=(rtol {rtol:.0e}, atol {atol:.0e})"
                 )
             except Exception as exc:  # a kernel that fails to compile or launch is a failed check
                 passed, line = False, f"error: {type(exc).__name__}: {exc}"
-            all_ok &= passed
+                row["error"] = line[7:]
+            row["passed"] = bool(passed)
+            checks.append(row)
             say(f"  {'ok  ' if passed else 'FAIL'} {dtype} {name:<30} {line}")
+        name = f"training {steps} steps (adam)"
+        row = {"name": name, "dtype": dtype, "steps": steps}
         try:
             ref_curve, curve = _training(be, ref, dtype, steps, seed)
             rel = float(np.max(np.abs(curve - ref_curve) / np.abs(ref_curve)))
             tol = 1e-3 if dtype == "float32" else 1e-9
             passed = rel <= tol and bool(np.isfinite(curve).all())
+            row.update(max_rel=rel, tol=tol, losses=curve.tolist(), numpy_losses=ref_curve.tolist())
             line = (
                 f"loss {ref_curve[0]:.4f} -> {ref_curve[-1]:.4f} (numpy) vs "
                 f"{curve[0]:.4f} -> {curve[-1]:.4f}; max_rel={rel:.2e} tol={tol:.0e}"
             )
         except Exception as exc:
             passed, line = False, f"error: {type(exc).__name__}: {exc}"
-        all_ok &= passed
-        name = f"training {steps} steps (adam)"
+            row["error"] = line[7:]
+        row["passed"] = bool(passed)
+        training.append(row)
         say(f"  {'ok  ' if passed else 'FAIL'} {dtype} {name:<30} {line}")
+    all_ok = all(r["passed"] for r in checks + training)
+    report.update(checks=checks, training=training, passed=all_ok)
     say(f"selftest: {'all checks passed' if all_ok else 'SOME CHECKS FAILED'} on {be.name}")
-    return all_ok
+    if timings:
+        from .selftest_speed import measure
+
+        say("timings (a first look; `deepcore bench` is the measurement of record):")
+        try:
+            report["timings"] = measure(be, say=say)
+        except Exception as exc:  # a timing problem is reported, never a failed self-test
+            report["timings"] = {"error": f"{type(exc).__name__}: {exc}"}
+            say(f"  timings failed: {type(exc).__name__}: {exc}")
+    return report
+
+
+def write_json(path: str | os.PathLike[str], report: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees half a report, and a failure leaves no file."""
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -17,12 +17,39 @@ handling, the optimizer calls, OOM and device handling.
   the cuBLAS math mode (TF32 or not) in force at each call.
 
 What it proves: the Python glue and the kernels' arithmetic. What it does not: NVRTC compilation
-(see test_cuda_nvcc.py for nvcc), real concurrency, memory behaviour, speed.
+(test_cuda_nvrtc.py compiles with the real NVRTC), real concurrency, memory behaviour, speed.
+
+Where the double is STRICTER than CuPy 14.2 (an error here, silent or a warning there):
+- a raw-kernel launch checks every array is on the current device (CuPy does not check: a GPU
+  reads device-1 pointers from device 0, an illegal address or a race under peer access);
+- ufuncs and reductions on an array of another device raise ValueError, as CuPy does when
+  peer access is unavailable (with peer access CuPy warns and runs, slowly, across devices);
+- a raw-kernel scalar must be a numpy scalar of the parameter's exact type (CuPy passes a
+  Python float as 8 bytes and a float kernel parameter reads garbage);
+- a raw-kernel array must be C-contiguous and of the kernel's dtype (CuPy passes the pointer);
+- `cupy.cublas.gemm` also checks every operand is on the current device.
+Where it is AS STRICT as CuPy + cuBLAS:
+- `cupy.cublas.gemm` derives leading dimensions and transposes exactly as cupy/cublas.py does
+  and rejects what cuBLAS rejects (lda/ldb/ldc < max(1, rows), e.g. 0 for an empty operand:
+  CUBLAS_STATUS_INVALID_VALUE); with `out=None` it returns a Fortran-order array, as CuPy;
+- a ufunc that is neither NumPy's (by name) nor `cupyx.scipy.special`'s returns NotImplemented
+  (a `np.frompyfunc` or SciPy-only ufunc on a device array ends in TypeError, as in CuPy), and a
+  host `numpy.ndarray` operand of a ufunc is a TypeError;
+- the default memory pool answers for the current device.
+Where it is LOOSER than CuPy:
+- `np.asarray(device_array)` and other NumPy functions that are not ufuncs (argmax, dot,
+  indexing, copies) work without a device check; CuPy refuses implicit host conversion;
+- kernels run on one host thread, in order: no data races, no real concurrency or streams;
+- host math (glibc) stands in for CUDA's libdevice: last-bit differences are not modelled
+  beyond the two emulation variants (see kernels/cuda/host.py);
+- NVRTC is not run here (the code must only contain no local #include); the nvrtc tests do that;
+- memory: a per-device byte count against `memory_limit`, no pool, no fragmentation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import importlib.machinery
 import re
 import sys
@@ -46,6 +73,12 @@ class State:
     capability: tuple[int, int] = (8, 0)
     memory_limit: int | None = None
     allocated_bytes: int = 0
+    #: bytes held per device (what cupy.get_default_memory_pool() reports for the current one)
+    device_bytes: dict[int, int] = field(default_factory=dict)
+    #: pieces of the CUDA install to break, e.g. {"cublas": "ImportError: libcublasLt.so.12"}
+    broken: dict[str, str] = field(default_factory=dict)
+    #: which host build runs the kernels: "strict" or "gpu" (see deepcore.kernels.cuda.host)
+    variant: str = "gpu"
     host_reads: int = 0
     transfers_to_host: int = 0
     modules: list[dict[str, Any]] = field(default_factory=list)
@@ -72,6 +105,35 @@ class CUDARuntimeError(RuntimeError):
     """Like cupy.cuda.runtime.CUDARuntimeError."""
 
 
+class CUBLASError(RuntimeError):
+    """Like cupy_backends.cuda.libs.cublas.CUBLASError."""
+
+
+def _broken(piece: str) -> None:
+    if piece in STATE.broken:
+        kind, _, msg = STATE.broken[piece].partition(": ")
+        raise {"ImportError": ImportError, "RuntimeError": RuntimeError}.get(kind, RuntimeError)(
+            msg or kind
+        )
+
+
+def _check_device(name: str, arrays: Any) -> None:
+    """CuPy's _check_peer_access with peer access unavailable."""
+    for a in arrays:
+        if isinstance(a, ndarray) and a._device_id != STATE.current_device:
+            raise ValueError(
+                f"{name}: The device where the array resides ({a._device_id}) is different from "
+                f"the current device ({STATE.current_device}). Peer access is unavailable "
+                "between these devices."
+            )
+
+
+def _is_cupy_ufunc(ufunc: Any) -> bool:
+    """CuPy resolves a NumPy ufunc by name in cupy, then in cupyx.scipy.special."""
+    name = ufunc.__name__
+    return getattr(np, name, None) is ufunc or name in _SPECIAL
+
+
 class _DeviceRef:
     def __init__(self, i: int) -> None:
         self.id = i
@@ -88,6 +150,32 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
         if isinstance(obj, ndarray):
             return obj
         return np.asarray(obj).view(ndarray)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if not _is_cupy_ufunc(ufunc):
+            return NotImplemented  # numpy then raises TypeError, as with CuPy
+        out = kwargs.get("out", ())
+        for a in (*inputs, *out):
+            if isinstance(a, np.ndarray) and not isinstance(a, ndarray):
+                raise TypeError(
+                    f"Unsupported type <class 'numpy.ndarray'> in {ufunc.__name__}: a host array "
+                    "where CuPy wants a device array (no implicit host-to-device copy)"
+                )
+        _check_device(ufunc.__name__, (*inputs, *out))
+
+        def plain(a: Any) -> Any:
+            return a.view(np.ndarray) if isinstance(a, ndarray) else a
+
+        if out:
+            kwargs["out"] = tuple(plain(a) for a in out)
+        result = getattr(ufunc, method)(*(plain(a) for a in inputs), **kwargs)
+        if out:
+            return out[0] if len(out) == 1 else out
+        if isinstance(result, tuple):
+            return tuple(np.asarray(r).view(ndarray) for r in result)
+        if result is None:
+            return None
+        return np.asarray(result).view(ndarray)  # on the current device, 0-d included
 
     @property
     def device(self) -> _DeviceRef:
@@ -134,8 +222,12 @@ def _to_device(a: Any) -> Any:
 
 
 def _charge(nbytes: int) -> None:
-    if STATE.memory_limit is not None and STATE.allocated_bytes + nbytes > STATE.memory_limit:
-        raise OutOfMemoryError(nbytes, STATE.allocated_bytes)
+    """Allocate on the current device (each device has `memory_limit` bytes)."""
+    dev = STATE.current_device
+    held = STATE.device_bytes.get(dev, 0)
+    if STATE.memory_limit is not None and held + nbytes > STATE.memory_limit:
+        raise OutOfMemoryError(nbytes, held)
+    STATE.device_bytes[dev] = held + nbytes
     STATE.allocated_bytes += nbytes
 
 
@@ -185,14 +277,29 @@ class Device:
 
 
 class MemoryPool:
+    """cupy.get_default_memory_pool(): its numbers are the current device's."""
+
     def used_bytes(self) -> int:
-        return STATE.allocated_bytes
+        return STATE.device_bytes.get(STATE.current_device, 0)
 
     def total_bytes(self) -> int:
-        return STATE.allocated_bytes
+        return STATE.device_bytes.get(STATE.current_device, 0)
 
 
 _POOL = MemoryPool()
+
+
+def _device_erf(x: Any) -> Any:
+    """cupyx.scipy.special.erf: a device ufunc (math.erf per element), no SciPy involved."""
+    if not isinstance(x, ndarray):
+        raise TypeError(f"cupyx.scipy.special.erf: expected a cupy.ndarray, got {type(x)}")
+    _check_device("erf", (x,))
+    flat = x.view(np.ndarray)
+    host_erf = np.frompyfunc(__import__("math").erf, 1, 1)
+    return _creator(np.asarray)(host_erf(flat).astype(x.dtype))
+
+
+_SPECIAL: dict[str, Any] = {"erf": _device_erf}
 _EXPR = re.compile(r"^(\w+)<(float|double)>$")
 
 
@@ -204,9 +311,12 @@ class RawModule:
             raise AssertionError("NVRTC would not find local includes: sources must be inlined")
         self.code, self.options = code, tuple(options)
         self.name_expressions = tuple(name_expressions or ())
-        STATE.modules.append({"options": self.options, "names": self.name_expressions})
+        STATE.modules.append(
+            {"code": code, "options": self.options, "names": self.name_expressions}
+        )
 
     def get_function(self, name: str) -> Any:
+        _broken("nvrtc")  # CuPy compiles (NVRTC + the CUDA headers) on first get_function
         if name not in self.name_expressions:
             raise KeyError(f"{name} was not in name_expressions (CuPy would raise too)")
         kernel, ctype = _EXPR.match(name).groups()  # type: ignore[union-attr]
@@ -222,32 +332,103 @@ class RawModule:
                     raise ValueError(f"{name}: array on device {a._device_id} launched on "
                                      f"device {STATE.current_device}")  # fmt: skip
             STATE.launches.append((name, tuple(np.atleast_1d(grid)), tuple(np.atleast_1d(block))))
-            host.build().launch(kernel, dtype, grid, block, args)
+            plain = tuple(a.view(np.ndarray) if isinstance(a, ndarray) else a for a in args)
+            host.build(STATE.variant).launch(kernel, dtype, grid, block, plain)
 
         return launch
 
 
+_OP_N, _OP_T = 0, 1
+
+
+def _decide_ld_and_trans(a: np.ndarray, trans: int) -> tuple[int | None, int]:
+    """cupy/cublas.py's _decide_ld_and_trans (numpy's contiguity flags match CuPy's)."""
+    if a.flags.f_contiguous:
+        return a.shape[0], trans
+    if a.flags.c_contiguous:
+        return a.shape[1], 1 - trans
+    return None, trans
+
+
+def _cublas_gemm(transa: int, transb: int, m: int, n: int, k: int, a: np.ndarray, lda: int,
+                 b: np.ndarray, ldb: int, c: np.ndarray, ldc: int, alpha: Any,
+                 beta: Any) -> None:  # fmt: skip
+    """cublas<t>gemm on column-major buffers, with cuBLAS's argument checks."""
+    rows_a = m if transa == _OP_N else k
+    rows_b = k if transb == _OP_N else n
+    if min(m, n, k) < 0 or lda < max(1, rows_a) or ldb < max(1, rows_b) or ldc < max(1, m):
+        raise CUBLASError(
+            f"CUBLAS_STATUS_INVALID_VALUE: gemm(m={m}, n={n}, k={k}, lda={lda}, ldb={ldb}, "
+            f"ldc={ldc}): a leading dimension below max(1, rows)"
+        )
+    if m == 0 or n == 0:
+        return
+
+    def col_major(buf: np.ndarray, rows: int, cols: int, ld: int) -> np.ndarray:
+        flat = buf.ravel(order="K")  # a view: buf is C- or F-contiguous here
+        return np.lib.stride_tricks.as_strided(
+            flat, (rows, cols), (flat.itemsize, ld * flat.itemsize), writeable=True
+        )
+
+    op_a = col_major(a, rows_a, k if transa == _OP_N else m, lda)
+    op_b = col_major(b, rows_b, n if transb == _OP_N else k, ldb)
+    op_a = op_a if transa == _OP_N else op_a.T
+    op_b = op_b if transb == _OP_N else op_b.T
+    cm = col_major(c, m, n, ldc)
+    prod = op_a @ op_b if k else np.zeros((m, n), c.dtype)
+    prod *= alpha
+    if beta == 0:
+        cm[...] = prod  # cuBLAS does not read C when beta == 0 (NaN there is overwritten)
+    else:
+        cm *= beta
+        cm += prod
+
+
 def gemm(transa: str, transb: str, a: Any, b: Any, out: Any = None, alpha: float = 1.0,
          beta: float = 0.0) -> Any:  # fmt: skip
-    """cupy.cublas.gemm: out = alpha * op(a) @ op(b) + beta * out, in the operands' dtype."""
-    assert a.ndim == b.ndim == 2 and a.dtype == b.dtype
+    """cupy.cublas.gemm, line for line: leading dimensions, transposes, output order."""
+    _broken("cublas")
+    assert a.ndim == b.ndim == 2
+    assert a.dtype == b.dtype
+    _check_device("cublas.gemm", (a, b, out))
     STATE.gemm_math_modes.append(STATE.math_mode)
-    a2 = a.view(np.ndarray).T if transa == "T" else a.view(np.ndarray)
-    b2 = b.view(np.ndarray).T if transb == "T" else b.view(np.ndarray)
-    prod = a2 @ b2
-    t = a.dtype.type
-    if out is None:
-        out = _creator(np.empty)(prod.shape, dtype=a.dtype)
-        beta = 0.0
-    assert out.shape == prod.shape and out.dtype == a.dtype
-    o = out.view(np.ndarray)
-    if alpha != 1.0:
-        prod *= t(alpha)
-    if beta == 0.0:
-        o[...] = prod
+    ta = {"N": _OP_N, "T": _OP_T}[transa]
+    tb = {"N": _OP_N, "T": _OP_T}[transb]
+    m, k = a.shape if ta == _OP_N else a.shape[::-1]
+    if tb == _OP_N:
+        n = b.shape[1]
+        assert b.shape[0] == k
     else:
-        o *= t(beta)
-        o += prod
+        n = b.shape[0]
+        assert b.shape[1] == k
+    if out is None:
+        out = _creator(np.empty)((m, n), dtype=a.dtype)
+        out = np.asfortranarray(out.view(np.ndarray)).view(ndarray)  # CuPy: order='F'
+        beta = 0.0
+    else:
+        assert out.ndim == 2
+        assert out.shape == (m, n)
+        assert out.dtype == a.dtype
+    t = a.dtype.type
+    alpha, beta = t(alpha), t(beta)
+    A, B, C = (x.view(np.ndarray) for x in (a, b, out))
+    lda, ta = _decide_ld_and_trans(A, ta)
+    ldb, tb = _decide_ld_and_trans(B, tb)
+    if lda is not None and ldb is not None:
+        if C.flags.f_contiguous:
+            _cublas_gemm(ta, tb, m, n, k, A, lda, B, ldb, C, m, alpha, beta)
+            return out
+        if C.flags.c_contiguous:  # out.T = alpha * b.T @ a.T + beta * out.T
+            _cublas_gemm(1 - tb, 1 - ta, n, m, k, B, ldb, A, lda, C, n, alpha, beta)
+            return out
+    if lda is None:
+        lda, A = A.shape[0], np.asfortranarray(A)
+    if ldb is None:
+        ldb, B = B.shape[0], np.asfortranarray(B)
+    c = C if C.flags.f_contiguous else np.asfortranarray(C)
+    _cublas_gemm(ta, tb, m, n, k, A, lda, B, ldb, c, m, alpha, beta)
+    if c is not C:
+        C[...] = c
     return out
 
 
@@ -294,6 +475,7 @@ def build_modules() -> dict[str, types.ModuleType]:
     device = _module("cupy.cuda.device", get_cublas_handle=lambda: 1234, Device=Device)
     cuda = _module("cupy.cuda", runtime=runtime, memory=memory, device=device, Device=Device)
     cublas = _module("cupy.cublas", gemm=gemm)
+    special = _module("cupyx.scipy.special", erf=_SPECIAL["erf"])
     libcublas = _module(
         "cupy_backends.cuda.libs.cublas",
         CUBLAS_DEFAULT_MATH=0,
@@ -321,6 +503,9 @@ def build_modules() -> dict[str, types.ModuleType]:
     cupy.__getattr__ = _numpy_passthrough  # type: ignore[method-assign]
     backends_pkg = _module("cupy_backends")
     return {
+        "cupyx": _module("cupyx"),
+        "cupyx.scipy": _module("cupyx.scipy"),
+        "cupyx.scipy.special": special,
         "cupy": cupy,
         "cupy.cuda": cuda,
         "cupy.cuda.runtime": runtime,
@@ -340,17 +525,39 @@ def installed(**settings: Any) -> Any:
     global STATE
     saved_state = STATE
     STATE = State(**settings)
-    saved = {name: sys.modules.get(name) for name in build_modules()}
-    sys.modules.update(build_modules())
+    modules = build_modules()
+    saved = {name: sys.modules.get(name) for name in modules}
+    finder = None
+    if "cublas" in STATE.broken:  # as CuPy 14 without [ctk]: `import cupy.cublas` fails
+        del modules["cupy.cublas"], modules["cupy"].cublas
+        finder = _FailingImport("cupy.cublas", STATE.broken["cublas"])
+        sys.meta_path.insert(0, finder)
+    for name in saved:
+        sys.modules.pop(name, None)
+    sys.modules.update(modules)
     try:
         yield STATE
     finally:
+        if finder is not None:
+            sys.meta_path.remove(finder)
         for name, mod in saved.items():
             if mod is None:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = mod
         STATE = saved_state
+
+
+class _FailingImport(importlib.abc.MetaPathFinder):
+    """Makes `import <name>` raise ImportError(message), as a missing shared library does."""
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name, self.message = name, message.partition(": ")[2] or message
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname == self.name:
+            raise ImportError(self.message)
+        return None
 
 
 def pytest_load_initial_conftests(early_config: Any, parser: Any, args: Any) -> None:

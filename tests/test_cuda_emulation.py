@@ -4,6 +4,10 @@ The .cu sources are compiled for the host with g++ behind kernels/cuda/emulate.h
 order, a block's threads as fibers that honour __syncthreads) and launched with the geometry
 the CuPy backend uses. Outputs sit between guard bands, so an out-of-bounds write fails the test.
 This checks the kernels' arithmetic and indexing; it is not a GPU run.
+
+Every test runs on both host builds (host.VARIANTS): "strict" (each operation rounded as written)
+and "gpu" (FMA contraction and float32 flush-to-zero, as NVRTC under CuPy), against the same
+tolerances (TOL below, the ones README and selftest document).
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ SENTINEL = -12345.5
 TOL = {"float32": {"rtol": 2e-5, "atol": 2e-6}, "float64": {"rtol": 1e-12, "atol": 1e-13}}
 
 
-@pytest.fixture(scope="module")
-def hk() -> host.HostKernels:
-    return host.build()
+@pytest.fixture(scope="module", params=host.VARIANTS)
+def hk(request: pytest.FixtureRequest) -> host.HostKernels:
+    if request.param == "gpu" and not host.fma_available()[0]:
+        pytest.skip(f"the gpu build needs FMA instructions: {host.fma_available()[1]}")
+    return host.build(request.param)
 
 
 @pytest.fixture(params=["float32", "float64"])
@@ -423,3 +429,38 @@ def test_arguments_are_checked_like_a_real_launch_would_not(hk):
             256,
             (x, x.astype("float64"), x, x, np.int64(4), np.float32(0.5)),
         )
+
+
+def test_the_gpu_build_really_contracts_and_flushes():
+    """The "gpu" build differs from "strict" where a GPU would: float32 denormals flush to zero
+    (float64 ones do not), and multiply-adds round once (some float32 results change in the
+    last bit), while both stay within TOL of NumPy."""
+    ok_fma, why_fma = host.fma_available()
+    if not ok_fma:
+        pytest.skip(f"the gpu build needs FMA instructions: {why_fma}")
+    strict, gpu = host.build("strict"), host.build("gpu")
+    for dtype, tiny in (("float32", 1e-39), ("float64", 1e-310)):
+        z = np.full(4, tiny, dtype)
+        outs = []
+        for hk in (strict, gpu):
+            out = np.empty(4, dtype)
+            args = (z, z, out, out, np.int64(1), np.int64(4), np.int32(0), T(dtype, 0), np.int32(1))
+            hk.launch("dc_bias_act", dtype, 1, 256, args)
+            outs.append(out[0])
+        assert outs[0] == 2 * np.dtype(dtype).type(tiny)
+        assert outs[1] == (0.0 if dtype == "float32" else outs[0]), (dtype, outs)
+    n = 4096
+    p0, g = rand(n, "float32", 30), rand(n, "float32", 31)
+    results = []
+    for hk in (strict, gpu):
+        p, buf = p0.copy(), np.zeros(n, "float32")
+        args = (p, g, buf, np.int64(n), T("float32", 0.1), T("float32", 0.9), T("float32", 1.0),
+                T("float32", 0.01), np.int32(2 | 4 | 8))  # fmt: skip
+        hk.launch("dc_sgd", "float32", *geometry.elementwise(n), args)
+        results.append(p)
+    ref = p0.copy()
+    NB.sgd_update(ref, g, np.zeros(n, "float32"), lr=0.1, momentum=0.9, nesterov=True,
+                  weight_decay=0.01, first_step=True)  # fmt: skip
+    assert (results[0] != results[1]).any(), "no FMA contraction in the gpu build"
+    for r in results:
+        close(r, ref, "float32")

@@ -90,7 +90,7 @@ def test_older_minor_driver_is_allowed_and_said():
 
 def test_device_that_fails_a_real_launch():
     with cupy_double.installed():
-        sys.modules["cupy"].arange = _raise(RuntimeError("cudaErrorDevicesUnavailable"))
+        sys.modules["cupy"].asarray = _raise(RuntimeError("cudaErrorDevicesUnavailable"))
         ok, reason = cupy_backend.probe()
     assert not ok and "smoke test" in reason and "cudaErrorDevicesUnavailable" in reason
 
@@ -117,3 +117,66 @@ def test_registry_reports_the_reason_when_cupy_is_unavailable():
         pytest.skip("a working GPU is present")
     with pytest.raises(BackendUnavailableError, match=avail.reason[:20]):
         dc.get_backend("cupy")
+
+
+NO_CUBLAS = 'ImportError: Failure finding "libcublasLt.so.12": not found'
+NO_HEADERS = "RuntimeError: Failed to find CUDA headers. Please install CUDA toolkit headers"
+
+
+@pytest.mark.parametrize(
+    "broken,named,not_named",
+    [
+        ({"cublas": NO_CUBLAS}, ["cuBLAS: ImportError: Failure finding"], ["NVRTC"]),
+        ({"nvrtc": NO_HEADERS}, ["NVRTC: RuntimeError: Failed to find CUDA headers"], ["cuBLAS"]),
+        ({"cublas": NO_CUBLAS, "nvrtc": NO_HEADERS}, ["cuBLAS: ", "NVRTC: "], []),
+    ],
+)
+def test_missing_cuda_libraries_are_each_named_before_available(broken, named, not_named):
+    """cupy without [ctk]: the probe runs NVRTC and a cuBLAS GEMM before saying available, and
+    names each missing piece on its own line, with the extra that brings them."""
+    with cupy_double.installed(broken=broken):
+        ok, reason = cupy_backend.probe()
+    assert not ok
+    head, *pieces = reason.splitlines()
+    assert "deepcore[cuda12]" in head and "cupy-cuda12x[ctk]" in head and "Double GPU" in head
+    assert len(pieces) == len(broken)
+    for text in named:
+        assert any(text in line for line in pieces), (text, pieces)
+    for text in not_named:
+        assert text not in "\n".join(pieces)
+
+
+def test_get_backend_refuses_cleanly_instead_of_failing_inside(monkeypatch):
+    """Before: probe said available, then CupyBackend() died importing cupy.cublas."""
+    from deepcore import backends
+    from deepcore.errors import BackendUnavailableError
+
+    monkeypatch.setattr(backends, "_instances", {})
+    with cupy_double.installed(broken={"cublas": NO_CUBLAS}):
+        with pytest.raises(BackendUnavailableError, match="cuBLAS: ImportError"):
+            backends.get_backend("cupy")
+    assert "cupy:0" not in backends._instances
+
+
+def test_the_probe_runs_deepcores_own_kernel_and_a_gemm():
+    with cupy_double.installed() as state:
+        ok, _ = cupy_backend.probe()
+        assert ok
+        assert [m["names"] for m in state.modules] == [
+            ("dc_bias_act<float>", "dc_act_backward<float>")
+        ]
+        assert state.modules[0]["options"] == ("--std=c++17",)
+        assert [name for name, *_ in state.launches] == ["dc_bias_act<float>"]
+        assert len(state.gemm_math_modes) == 1
+
+
+def test_info_names_each_missing_piece_on_its_own_line(capsys):
+    from deepcore.cli import main
+
+    with cupy_double.installed(broken={"cublas": NO_CUBLAS, "nvrtc": NO_HEADERS}):
+        assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["cupy", "unavailable"])
+    assert "deepcore[cuda12]" in lines[start]
+    assert lines[start + 1].strip().startswith("NVRTC: RuntimeError: Failed to find CUDA headers")
+    assert lines[start + 2].strip().startswith("cuBLAS: ImportError: Failure finding")

@@ -15,6 +15,8 @@ from pathlib import Path
 SOURCE_DIR = Path(__file__).resolve().parent
 #: Every kernel source compiled into the backend.
 SOURCES = ("elementwise.cu", "reduce.cu", "losses.cu", "optim.cu")
+#: What the backend passes to `cupy.RawModule(options=...)`; CuPy adds its own (see nvrtc.py).
+NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 

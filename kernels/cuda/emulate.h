@@ -154,6 +154,36 @@ int launch(dim3 grid, dim3 block, F body) {
 
 }  // namespace dc_emu
 
+// The GPU build's flush-to-zero (NVRTC -ftz=true, which CuPy always passes): float32 denormal
+// inputs read as 0 and denormal results are flushed to 0, for the duration of a float launch.
+// The CPU flags also cover double, so launchers use it for float kernels only (host.py).
+#if defined(DC_EMULATE_FTZ)
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+namespace dc_emu {
+struct FlushToZero {  // MXCSR: FTZ (bit 15) and DAZ (bit 6)
+    unsigned saved;
+    FlushToZero() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+    ~FlushToZero() { _mm_setcsr(saved); }
+};
+}  // namespace dc_emu
+#elif defined(__aarch64__)
+namespace dc_emu {
+struct FlushToZero {  // FPCR.FZ (bit 24)
+    unsigned long saved;
+    FlushToZero() {
+        __asm__ volatile("mrs %0, fpcr" : "=r"(saved));
+        unsigned long v = saved | (1ul << 24);
+        __asm__ volatile("msr fpcr, %0" : : "r"(v));
+    }
+    ~FlushToZero() { __asm__ volatile("msr fpcr, %0" : : "r"(saved)); }
+};
+}  // namespace dc_emu
+#else
+#error "DC_EMULATE_FTZ: no flush-to-zero control known for this CPU"
+#endif
+#endif
+
 #define blockIdx (static_cast<const dc_uint3&>(::dc_emu::g_block_idx))
 #define threadIdx (static_cast<const dc_uint3&>(::dc_emu::g_thread_idx))
 #define blockDim (static_cast<const dim3&>(::dc_emu::g_block_dim))

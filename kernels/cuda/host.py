@@ -5,6 +5,11 @@ backend hands to NVRTC is compiled with -DDC_HOST_EMULATION, and one generated `
 launcher per kernel and dtype runs it over an emulated grid (see emulate.h). Arguments are
 checked the way a real launch would silently not be: arrays must have the kernel's dtype and be
 C-contiguous, scalars must be numpy scalars of the exact type.
+
+Two builds (VARIANTS): "strict" rounds every operation as written (-ffp-contract=off), like the
+NumPy reference; "gpu" has a GPU's floating-point behaviour under CuPy: multiply-adds contracted
+into FMAs (NVRTC's default --fmad=true) and float32 denormals flushed to zero (CuPy's
+-ftz=true). Tests check the documented tolerances against both.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,9 @@ from . import SOURCE_DIR, SOURCES
 from .spec import DTYPES, KERNELS, Kernel
 
 CXX = os.environ.get("CXX", "g++")
-CXXFLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Wextra")
+CXXFLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra")
+#: Host builds of the kernels: "strict" (as written) and "gpu" (FMA contraction + float32 FTZ).
+VARIANTS = ("strict", "gpu")
 _CTYPES = {"float32": ctypes.c_float, "float64": ctypes.c_double, "int64": ctypes.c_int64}
 _CTYPES["int32"] = ctypes.c_int32
 _ERRORS = {1: "invalid launch configuration", 2: "__syncthreads() divergence in a block"}
@@ -38,6 +46,30 @@ class EmulationError(RuntimeError):
 
 def launcher_name(kernel: Kernel, dtype: str) -> str:
     return f"{kernel.name}__{dtype}"
+
+
+def variant_flags(variant: str) -> tuple[str, ...]:
+    """g++ flags of a build: "strict" never fuses; "gpu" fuses a*b+c into an FMA wherever the
+    compiler can (as NVRTC does) and flushes float32 denormals in float launches."""
+    if variant == "strict":
+        return ("-ffp-contract=off",)
+    if variant != "gpu":
+        raise ValueError(f"unknown emulation variant {variant!r}; expected one of {VARIANTS}")
+    flags = ("-ffp-contract=fast", "-DDC_EMULATE_FTZ")
+    if platform.machine() in ("x86_64", "AMD64", "i686"):
+        flags += ("-mfma",)  # fused multiply-add instructions exist only with FMA3
+    return flags
+
+
+def fma_available() -> tuple[bool, str]:
+    """Whether this CPU runs FMA instructions (the "gpu" build needs them on x86-64)."""
+    if platform.machine() not in ("x86_64", "AMD64", "i686"):
+        return True, platform.machine()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False, "cannot read /proc/cpuinfo to check for FMA3"
+    return (" fma" in flags), "FMA3" if " fma" in flags else "this x86-64 CPU has no FMA3"
 
 
 def generate_launchers() -> str:
@@ -54,21 +86,24 @@ def generate_launchers() -> str:
             )
             params = ", ".join(f"{d} {p.name}" for d, p in zip(decls, k.params, strict=True))
             names = ", ".join(p.name for p in k.params)
+            ftz = "#ifdef DC_EMULATE_FTZ\n    dc_emu::FlushToZero ftz;\n#endif\n"
             lines.append(
                 f'extern "C" int {launcher_name(k, dt)}(unsigned gx, unsigned gy, unsigned gz, '
                 f"unsigned bx, unsigned by, unsigned bz, {params}) {{\n"
-                f"    return dc_emu::launch(dim3(gx, gy, gz), dim3(bx, by, bz), "
+                + (ftz if dt == "float32" else "")
+                + f"    return dc_emu::launch(dim3(gx, gy, gz), dim3(bx, by, bz), "
                 f"[=]() {{ {expr}({names}); }});\n}}"
             )
     return "\n".join(lines) + "\n"
 
 
-def compile_host_library(out_dir: Path) -> Path:
+def compile_host_library(out_dir: Path, variant: str = "strict") -> Path:
     """Build the emulation library in `out_dir`; raises with g++'s output on failure."""
-    cpp = out_dir / "dc_cuda_host.cpp"
-    lib = out_dir / "dc_cuda_host.so"
+    cpp = out_dir / f"dc_cuda_host_{variant}.cpp"
+    lib = out_dir / f"dc_cuda_host_{variant}.so"
     cpp.write_text(generate_launchers())
-    cmd = [CXX, *CXXFLAGS, "-DDC_HOST_EMULATION", f"-I{SOURCE_DIR}", str(cpp), "-o", str(lib)]
+    cmd = [CXX, *CXXFLAGS, *variant_flags(variant), "-DDC_HOST_EMULATION", f"-I{SOURCE_DIR}",
+           str(cpp), "-o", str(lib)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or proc.stderr.strip():
         raise RuntimeError(f"host build of the CUDA kernels failed or warned:\n{proc.stderr}")
@@ -78,8 +113,9 @@ def compile_host_library(out_dir: Path) -> Path:
 class HostKernels:
     """The emulation library loaded with ctypes; `launch` runs one kernel over a grid."""
 
-    def __init__(self, lib_path: Path) -> None:
+    def __init__(self, lib_path: Path, variant: str = "strict") -> None:
         self.path = lib_path
+        self.variant = variant
         self._lib = ctypes.CDLL(str(lib_path))
         self._funcs: dict[tuple[str, str], Any] = {}
         for k in KERNELS.values():
@@ -137,12 +173,13 @@ def _dim3(d: int | Sequence[int]) -> tuple[int, int, int]:
     return t + (1,) * (3 - len(t))  # type: ignore[return-value]
 
 
-@lru_cache(maxsize=1)
-def build() -> HostKernels:
-    """Compile once per process into a fresh temporary directory (removed at exit)."""
+@cache
+def build(variant: str = "strict") -> HostKernels:
+    """Compile a variant once per process into a fresh temporary directory (removed at exit)."""
+    variant_flags(variant)  # unknown names fail before compiling
     tmp = Path(tempfile.mkdtemp(prefix="deepcore-cuda-host-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    return HostKernels(compile_host_library(tmp))
+    return HostKernels(compile_host_library(tmp, variant), variant)
 
 
 def available() -> tuple[bool, str]:

@@ -23,16 +23,14 @@ from typing import Any
 import numpy as np
 
 from ...errors import CudaOutOfMemoryError, DtypeError
-from ...kernels.cuda import geometry, source
+from ...kernels.cuda import NVRTC_OPTIONS, geometry, source
 from ...kernels.cuda.spec import KERNELS, kernels_in, marshal
-from ..base import ACTIVATIONS, FLOAT_DTYPES, Backend, array_backend_name, check_activation
+from ..base import ACTIVATIONS, FLOAT_DTYPES, array_backend_name, check_activation
 from .probe import INSTALL_HINT as INSTALL_HINT  # re-exported
 from .probe import _text, _version
 from .probe import probe as probe  # the registry calls deepcore.backends.cupy.probe
 from .steps import CupyStepsMixin
 
-#: NVRTC options for every module (CuPy adds the architecture of the device itself).
-NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
 _CUBLAS_DEFAULT_MATH = 0
 _CUBLAS_TF32_TENSOR_OP_MATH = 3
 
@@ -114,9 +112,10 @@ class CupyBackend(CupyStepsMixin):
             ) from exc
 
     def _out_of_memory(self, detail: str, where: str) -> CudaOutOfMemoryError:
-        try:
-            pool = self.xp.get_default_memory_pool()
-            held = f"; the memory pool holds {pool.total_bytes():,} bytes"
+        try:  # CuPy's default pool answers for the current device: make it this backend's
+            with self._device:
+                held = self.xp.get_default_memory_pool().total_bytes()
+            held = f"; the memory pool of {self.device} holds {held:,} bytes"
         except Exception:
             held = ""
         return CudaOutOfMemoryError(
@@ -176,9 +175,17 @@ class CupyBackend(CupyStepsMixin):
         beta: float = 0.0,
         out: Any = None,
     ) -> Any:
-        """out = alpha * op(a) @ op(b) + beta * out on cuBLAS (transpose flags, no copies)."""
+        """out = alpha * op(a) @ op(b) + beta * out on cuBLAS (transpose flags, no copies).
+
+        Empty products never reach cuBLAS: it rejects a leading dimension of 0, which is what
+        CuPy derives for an operand with no rows or no columns."""
         self._fast(a, b, out)
-        _, _, out = self._gemm_args(a, b, trans_a, trans_b, beta, out)
+        m, n, out = self._gemm_args(a, b, trans_a, trans_b, beta, out)
+        k = a.shape[0] if trans_a else a.shape[1]
+        if m == 0 or n == 0:
+            return out
+        if k == 0:  # op(a) @ op(b) is all zeros: out = beta * out
+            return self.fill_(out, 0.0) if beta == 0.0 else self.scale_(out, beta)
         tf32 = self.allow_tf32 and a.dtype.name == "float32"
         prev, want, set_mode = self._math_mode(tf32)
         try:
@@ -317,6 +324,11 @@ class CupyBackend(CupyStepsMixin):
             self._launch("dc_softmax", dtype, geometry.rows(rows, cols), x, out, rows, cols)
         return out
 
+    def _erf(self, x: Any) -> Any:
+        """erf on the device (CuPy's own ufunc: no SciPy, no host round trip). Only the generic
+        paths (non-contiguous arrays) use it; the kernels have their own erf."""
+        return importlib.import_module("cupyx.scipy.special").erf(x)
+
     # ------------------------------------------------------------------ facts
     def info(self) -> dict[str, Any]:
         """Device name, compute capability, memory pool use, CUDA and CuPy versions."""
@@ -339,13 +351,24 @@ class CupyBackend(CupyStepsMixin):
         }
 
 
-# Every contract method runs with this backend's GPU current (CuPy launches on the current
-# device), inherited ones included, and reports OOM clearly.
+# Every public method runs with this backend's GPU current (CuPy launches raw kernels and cuBLAS
+# on the current device, with no check), whichever class of the MRO defines it (the loss and
+# update mixins included), and reports OOM clearly. Allocation handles its own device.
 _NOT_ON_DEVICE = {"owns", "check", "to_host", "synchronize", "info", "empty", "zeros", "full"}
-for _name in sorted(set(vars(Backend)) | set(vars(CupyBackend))):
-    if _name.startswith("_") and _name != "_from_host" or _name in _NOT_ON_DEVICE:
-        continue
-    if callable(getattr(CupyBackend, _name)):
-        setattr(CupyBackend, _name, _on_device(getattr(CupyBackend, _name)))
+
+
+def on_device_methods(cls: type) -> list[str]:
+    """The methods `_on_device` wraps: every public callable of `cls`, inherited ones too."""
+    names = []
+    for name in sorted(dir(cls)):
+        if name.startswith("_") and name != "_from_host" or name in _NOT_ON_DEVICE:
+            continue
+        if callable(getattr(cls, name)) and not isinstance(getattr(cls, name), type):
+            names.append(name)
+    return names
+
+
+for _name in on_device_methods(CupyBackend):
+    setattr(CupyBackend, _name, _on_device(getattr(CupyBackend, _name)))
 
 BACKEND_CLASS = CupyBackend
