@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from deepcore.kernels.cuda import host
 
+from deepcore.backends import hyper
 from deepcore.backends.base import ACTIVATIONS
 from deepcore.backends.numpy import NumpyBackend
 
@@ -56,7 +57,6 @@ def _recipes(b, dtype):
     return {
         "empty": lambda: b.empty((3, 4), dtype),
         "zeros": lambda: b.zeros((3, 4), dtype),
-        "full": lambda: b.full((3, 4), 2.0, dtype),
         "owns": lambda: b.owns(r((2,), 0)),
         "asarray": lambda: b.asarray(rand((3, 4), dtype, 1)),
         "to_host": lambda: b.to_host(r((2,), 2)),
@@ -68,10 +68,8 @@ def _recipes(b, dtype):
         "mul": lambda: b.mul(r((3, 4), 7), r((3, 4), 8)),
         "scale_": lambda: b.scale_(r((3, 4), 9), 0.5),
         "sum_squares": lambda: b.sum_squares(r((3, 4), 10)),
-        "step": lambda: b.step(r((3, 4), 11)),
-        "argmax": lambda: b.argmax(r((6, 5), 12)),
+        "heaviside": lambda: b.heaviside(r((3, 4), 11)),
         "count_correct": lambda: b.count_correct(r((6, 5), 13), labels),
-        "all_finite": lambda: b.all_finite(r((3, 4), 14)),
         "gemm": lambda: b.gemm(r((5, 3), 15), r((4, 3), 16), trans_b=True),
         "bias_add": lambda: b.bias_add(r((3, 4), 17), r((4,), 18)),
         "bias_grad": lambda: b.bias_grad(r((3, 4), 19)),
@@ -112,8 +110,54 @@ def _recipes(b, dtype):
         "rmsprop_update": lambda: b.rmsprop_update(
             r((3, 4), 46), r((3, 4), 47), b.zeros((3, 4), dtype), alpha=0.99, eps=1e-8, **opt
         ),
+        "sgd_packed": lambda: b.sgd_packed(r((3, 4), 48), r((3, 4), 49), None, *row("sgd")),
+        "adam_packed": lambda: b.adam_packed(
+            r((3, 4), 50),
+            r((3, 4), 51),
+            b.zeros((3, 4), dtype),
+            b.zeros((3, 4), dtype),
+            None,
+            *row("adam"),
+        ),
+        "rmsprop_packed": lambda: b.rmsprop_packed(
+            r((3, 4), 52), r((3, 4), 53), b.zeros((3, 4), dtype), None, None, *row("rmsprop")
+        ),
+        "multi_update": lambda: b.multi_update(
+            "sgd",
+            [r((3, 4), 54), r((4,), 55)],
+            [r((3, 4), 56), r((4,), 57)],
+            [[None, None]],
+            *hyper.rows([hyper.pack("sgd", SGD_GROUP)] * 2, dtype),
+        ),
+        "mlp_forward": lambda: b.mlp_forward(
+            [r((4, 5), 58), r((2, 4), 59)],
+            [r((4,), 60), r((2,), 61)],
+            ("relu", "identity"),
+            r((3, 5), 62),
+            masks=[r((3, 4), 63), None],
+        ),
+        "mlp_backward": lambda: _mlp_backward(b, r),
+        "warmup": lambda: b.warmup(),
         "info": lambda: b.info(),
     }
+
+
+SGD_GROUP = dict(lr=0.1, momentum=0.0, dampening=0.0, nesterov=False)
+ADAM_GROUP = dict(lr=0.1, betas=(0.9, 0.999), eps=1e-8, amsgrad=False)
+RMS_GROUP = dict(lr=0.1, alpha=0.99, eps=1e-8, momentum=0.0, centered=False)
+
+
+def row(rule):
+    group = {"sgd": SGD_GROUP, "adam": ADAM_GROUP, "rmsprop": RMS_GROUP}[rule]
+    hp, flags = hyper.pack(rule, group)
+    return np.asarray(hp), np.asarray(flags)
+
+
+def _mlp_backward(b, r):
+    ws, bs = [r((4, 5), 64), r((2, 4), 65)], [r((4,), 66), r((2,), 67)]
+    out, tape = b.mlp_forward(ws, bs, ("tanh", "identity"), r((3, 5), 68))
+    wg, bg = [b.empty(w.shape, w.dtype) for w in ws], [b.empty(x.shape, x.dtype) for x in bs]
+    return [b.mlp_backward(tape, r((3, 2), 69), wg, bg), *wg, *bg]
 
 
 def _device_ids(result):
