@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .distributed import Communicator, DistributedError
+from .comm import Communicator, DistributedError
 
 
 class NCCLTransport:
