@@ -304,7 +304,9 @@ class Trainer:
                 self.backend.synchronize()
                 if comm is not None:  # sums over ranks: losses weighted by rows, counts
                     last = (value if value is not None else 0.0) * n
-                    sums = comm.allreduce_sum([total, seen, int(correct), counted, last, n])
+                    sums = comm.allreduce_sum(
+                        [total, seen, int(correct), counted, last, n]
+                    ).tolist()
                     total, seen, correct, counted = sums[0], int(sums[1]), sums[2], int(sums[3])
                     value = sums[4] / sums[5] if sums[5] else value
                 seconds = time.perf_counter() - t0
@@ -401,7 +403,7 @@ def _evaluate_arrays(
     finally:
         model.train(was)
     if comm is not None and comm.size > 1:
-        total, correct = comm.allreduce_sum([total, correct])
+        total, correct = (float(v) for v in comm.allreduce_sum([total, correct]))
     out = {"loss": total / n_all}
     if classify:
         out["accuracy"] = float(correct) / n_all

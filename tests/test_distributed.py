@@ -134,6 +134,37 @@ def test_hooked_stage_route_matches_the_default_route():
     assert seen[:4] == [2, 2, 2, "call"]  # three Linear layers, last first, then the hook
 
 
+class TwoRanks(dist.Communicator):
+    """Rank 0 of a pretend 2-rank world whose rank 1 built `other` (for the setup check)."""
+
+    def __init__(self, other: dict) -> None:
+        super().__init__()
+        self.size, self.other = 2, other
+
+    def allgather(self, obj):
+        return [obj, self.other]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.optimizer.param_groups[0].update(lr=0.1, initial_lr=0.1),
+         "optimizer param_groups[0] lr is 0.1 on rank 1 but 0.05 on rank 0"),
+        (lambda t: t.optimizer.param_groups[0].update(momentum=0.5),
+         "optimizer param_groups[0] momentum is 0.5 on rank 1 but 0.9 on rank 0"),
+        (lambda t: t.model.to(dtype="float32"), "dtype is 'float32' on rank 1 but 'float64'"),
+        (lambda t: setattr(t, "clip_grad_norm", 1.0), "clip_grad_norm is 1.0 on rank 1 but None"),
+    ],
+)  # fmt: skip
+def test_setup_check_names_the_rank_and_the_difference(change, message):
+    mine, theirs = worker.build("float64", "sgd", 0), worker.build("float64", "sgd", 1)
+    change(theirs)
+    with pytest.raises(dist.DistributedError, match="rank 1 set up a different run") as err:
+        dist.check_same_setup(mine, TwoRanks(dist.describe_setup(theirs)))
+    assert message in str(err.value) and err.value.collective
+    dist.check_same_setup(mine, TwoRanks(dist.describe_setup(worker.build("float64", "sgd", 1))))
+
+
 # ------------------------------------------------------------------------------ N ranks
 @needs_mpi
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
