@@ -165,6 +165,51 @@ def test_setup_check_names_the_rank_and_the_difference(change, message):
     dist.check_same_setup(mine, TwoRanks(dist.describe_setup(worker.build("float64", "sgd", 1))))
 
 
+def test_buckets_start_during_backward_in_order_and_weight_the_shares():
+    """In-process, with a stand-in transport for a 2-rank world whose other rank computed the
+    same gradient: buckets start during backward (last layer first, in index order), the rest
+    in __call__, and the weighted sum (share 1/2 each) is the one-rank gradient."""
+    events: list = []
+
+    class Doubling:  # the other rank's identical weighted gradient arrives: buf += buf
+        def start(self, buf, *, blocking):
+            events.append(("start", buf.size, hook.in_call))
+            buf *= 2
+            return "request"
+
+        def poke(self, requests):
+            pass
+
+        def wait(self, requests):
+            events.append(("wait", len(requests)))
+
+    class Probe(dist.GradientAllReduce):
+        in_call = False
+
+        def __call__(self, params):
+            Probe.in_call = True
+            super().__call__(params)
+            Probe.in_call = False
+
+    comm = TwoRanks({})
+    hook = Probe(comm, bucket_bytes=16 * 16 * 8, transport=Doubling())
+    ref = reference("float64", "sgd", 120, 40, 1)
+    trainer = worker.build("float64", "sgd", 0)
+    trainer.grad_hooks.append(hook)
+    X, y = worker.data(120, "float64")
+    for xb, yb in dc.data.BatchIterator(X, y, 40, rng=trainer.rng):
+        hook.set_share(20, 40)  # this rank's half of the batch; its twin holds the other half
+        trainer._hooked_step(xb, yb)
+    for k, v in ref.model.state_dict().items():
+        assert rel_err(trainer.model.state_dict()[k], v) <= 1e-13
+    # 2048-byte buckets filled in backward order: [b2 W2 b1], [W1], [b0 W0]
+    sizes = [4 + 16 * 4 + 16, 16 * 16, 16 + 16 * 12]
+    first, later = events[:4], events[4:8]
+    assert first == [("start", n, True) for n in sizes] + [("wait", 3)]  # no layout yet
+    assert later == [("start", n, False) for n in sizes] + [("wait", 3)]  # during backward
+    assert hook.stats.steps == 3 and hook.stats.buckets == 3
+
+
 # ------------------------------------------------------------------------------ N ranks
 @needs_mpi
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
