@@ -291,6 +291,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"deepcore train: interrupted{where}", file=log)
+        _end_job_if_distributed(130)  # a rank may be inside a collective: end them all
         return 130
     seconds = time.perf_counter() - t0
     metrics = trainer.evaluate(test)  # data-parallel: a slice per rank, sums reduced
