@@ -208,6 +208,8 @@ def test_buckets_start_during_backward_in_order_and_weight_the_shares():
     assert first == [("start", n, True) for n in sizes] + [("wait", 3)]  # no layout yet
     assert later == [("start", n, False) for n in sizes] + [("wait", 3)]  # during backward
     assert hook.stats.steps == 3 and hook.stats.buckets == 3
+    for p in trainer.model.parameters():  # backward now writes straight into the buckets
+        assert any(np.shares_memory(p._grad, b.buffer) for b in hook._buckets)
 
 
 # ------------------------------------------------------------------------------ N ranks
@@ -254,8 +256,10 @@ def test_a_failing_rank_ends_the_whole_job(mode, tmp_path):
     if mode == "raise":
         assert "rank 1 of 3 failed with RuntimeError: injected failure in rank 1" in text
     else:
-        pid = (tmp_path / "x.json.pid").read_text()  # mpiexec names the process by its PID
-        assert f"PID {pid} RUNNING AT" in text and "Killed (signal 9)" in text, text
+        # mpiexec names the signal and a PID: the first process it reaped, which may be one it
+        # killed in the clean-up, so the PID does not reliably name the rank that died
+        assert (tmp_path / "x.json.pid").exists()
+        assert "BAD TERMINATION" in text and "Killed (signal 9)" in text, text
 
 
 # ------------------------------------------------------------------------------ CLI

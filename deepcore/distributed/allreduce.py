@@ -177,23 +177,34 @@ class _Bucket:
             offset += n
         self.buffer = be.empty((offset,), params[0].dtype)
         self.nbytes = offset * np.dtype(params[0].dtype).itemsize
+        # After the first step each parameter's gradient buffer *is* its slice of the bucket
+        # (PyTorch DDP's gradient_as_bucket_view): backward writes into the bucket, and packing
+        # is one in-place scaling instead of a copy in and a copy out.
+        self.views = [
+            self.buffer[a:b].reshape(p.shape) for p, (a, b) in zip(params, self.slices, strict=True)
+        ]
         self.ready: set[int] = set()
         self.request: Any = None
         self.started = 0.0
 
     def pack(self, weight: float) -> None:
+        """Each gradient, times this rank's share of the batch, into the bucket."""
         be, w = self.backend, np.dtype(self.buffer.dtype).type(weight)
-        for p, (a, b) in zip(self.params, self.slices, strict=True):
-            if p.grad is None:  # no gradient this step (e.g. a rank with no rows): zeros
-                be.fill_(self.buffer[a:b], 0.0)
-            else:
-                be.mul(p.grad.reshape(-1), w, out=self.buffer[a:b])
+        for p, view in zip(self.params, self.views, strict=True):
+            grad = p.grad
+            if grad is None:  # no gradient this step (e.g. a rank with no rows): zeros
+                be.fill_(view, 0.0)
+            elif grad is view:  # backward wrote into the bucket
+                if w != 1:
+                    be.scale_(view, w)
+            else:  # first step, or the gradient buffer was replaced
+                be.mul(grad, w, out=view)
 
     def unpack(self) -> None:
-        for p, (a, b) in zip(self.params, self.slices, strict=True):
-            grad, _ = p.grad_target()
-            self.backend.copy_(grad, self.buffer[a:b].reshape(p.shape))
-            p.grad_written()
+        """The sums are the gradients: each parameter's gradient becomes its bucket view."""
+        for p, view in zip(self.params, self.views, strict=True):
+            if p.grad is not view:
+                p.grad = view
 
     def reset(self) -> None:
         self.ready.clear()
