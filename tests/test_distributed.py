@@ -80,6 +80,17 @@ def test_import_deepcore_does_not_import_mpi4py():
     assert out.stdout.strip() == "False"
 
 
+def test_under_mpiexec_without_mpi4py_is_refused_not_run_as_many_size_one_jobs():
+    code = (
+        "import sys; sys.modules['mpi4py'] = None\n"  # as if mpi4py were not installed
+        "import deepcore.distributed as d\n"
+        "try:\n    d.init()\nexcept d.DistributedError as e:\n    print(e)"
+    )
+    env = {**os.environ, "PMI_SIZE": "2", "PMI_RANK": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "started by mpiexec with 2 processes, but mpi4py is not installed" in out.stdout
+
+
 def test_shard_bounds_cover_every_row_once():
     for n in range(0, 30):
         for size in range(1, 6):
