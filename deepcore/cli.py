@@ -157,10 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (UsageError, DeepcoreError, ValueError, TypeError, OSError, ImportError) as exc:
         comm = _distributed_comm()
-        if comm is None or not getattr(exc, "collective", False) or comm.is_root:
+        collective = getattr(exc, "collective", False)  # every rank raised it at one point
+        if comm is None or not collective or comm.is_root:  # then rank 0 alone says it
             rank = f" (rank {comm.rank} of {comm.size})" if comm is not None else ""
             print(f"deepcore {args.command}: error{rank}: {_one_line(exc)}", file=sys.stderr)
-        if not getattr(exc, "collective", False):  # every rank failed alike: end normally
+        if not collective:  # the other ranks may be waiting in a collective: end them
             _end_job_if_distributed(2)
         return 2
     parser.error(f"unknown command {args.command!r}")
