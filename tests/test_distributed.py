@@ -213,8 +213,9 @@ def test_buckets_start_during_backward_in_order_and_weight_the_shares():
         trainer._hooked_step(xb, yb)
     for k, v in ref.model.state_dict().items():
         assert rel_err(trainer.model.state_dict()[k], v) <= 1e-13
-    # 2048-byte buckets filled in backward order: [b2 W2 b1], [W1], [b0 W0]
-    sizes = [4 + 16 * 4 + 16, 16 * 16, 16 + 16 * 12]
+    # 2048-byte buckets in backward order, a layer never split: [W2 b2], [W1 b1] (2176 bytes,
+    # over the cap: alone), [W0 b0]
+    sizes = [16 * 4 + 4, 16 * 16 + 16, 12 * 16 + 16]
     first, later = events[:4], events[4:8]
     assert first == [("start", n, True) for n in sizes] + [("wait", 3)]  # no layout yet
     assert later == [("start", n, False) for n in sizes] + [("wait", 3)]  # during backward

@@ -66,6 +66,7 @@ class GradientAllReduce:
         self._where: dict[int, _Bucket] = {}
         self._layout: list[tuple[int, str, int]] | None = None
         self._next = 0  # buckets start in index order on every rank (MPI's collective order)
+        self._groups: list[list[int]] = []  # ids of each grad_ready call before the layout
 
     def set_share(self, local_rows: int, global_rows: int) -> None:
         """This rank computed its loss as a mean over `local_rows` of a `global_rows` batch."""
@@ -76,6 +77,8 @@ class GradientAllReduce:
         """Backward finished these parameters' gradients: start every bucket now complete."""
         if not self.overlap or self.comm.size == 1:
             return
+        if not self._buckets:  # the first backward: remember which gradients come together
+            self._groups.append([id(p) for p in params])
         self._plan(params, partial=True)
         for p in params:
             b = self._where.get(id(p))
@@ -116,9 +119,12 @@ class GradientAllReduce:
         return self.transport
 
     def _plan(self, params: list[Parameter], *, partial: bool) -> None:
-        """Lay the buckets out at the first full step (backward order: the hook gets params in
-        model order, so reversed); a partial call during the first backward waits for it. The
-        layout is redone if the parameters changed (another dtype, CPU backend or set)."""
+        """Lay the buckets out at the first full step, in backward order, never splitting the
+        gradients of one grad_ready call (one layer) over two buckets (a layer over the cap
+        gets a bucket of its own), so a bucket can start as soon as its last layer is done.
+        Without grad_ready calls each parameter is a group of its own. Rank 0's
+        grouping is used everywhere, so every rank builds the same buckets. The layout is
+        redone if the parameters changed (another dtype, CPU backend or set)."""
         if partial:
             return  # a step's layout is checked once, in __call__
         live = [p for p in params if p.requires_grad]
@@ -132,18 +138,33 @@ class GradientAllReduce:
         self._buckets = []
         current: list[Parameter] = []
         size = 0
-        for p in reversed(live):
-            nbytes = int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize
-            if current and (size + nbytes > self.bucket_bytes or p.dtype != current[0].dtype):
+        for group in self.comm.bcast(self._backward_groups(live)):
+            members = [live[i] for i in group]
+            nbytes = [int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize for p in members]
+            if current and size + sum(nbytes) > self.bucket_bytes:
                 self._buckets.append(_Bucket(current, self))
                 current, size = [], 0
-            current.append(p)
-            size += nbytes
+            for p, n in zip(members, nbytes, strict=True):
+                if current and p.dtype != current[0].dtype:
+                    self._buckets.append(_Bucket(current, self))
+                    current, size = [], 0
+                current.append(p)
+                size += n
         if current:
             self._buckets.append(_Bucket(current, self))
         self._where = {id(p): b for b in self._buckets for p in b.params}
         self.stats.buckets = len(self._buckets)
         self.stats.bytes_per_step = sum(b.nbytes for b in self._buckets)
+
+    def _backward_groups(self, live: list[Parameter]) -> list[list[int]]:
+        """Indices into `live` as backward delivered them (one list per grad_ready call), then
+        any parameter no call named, last first."""
+        index = {id(p): i for i, p in enumerate(live)}
+        groups = [[index[k] for k in g if k in index] for g in self._groups]
+        seen = {i for g in groups for i in g}
+        groups += [[i] for i in reversed(range(len(live))) if i not in seen]
+        self._groups = []
+        return [g for g in groups if g]
 
     def _start_ready(self, *, final: bool) -> None:
         while self._next < len(self._buckets):
