@@ -25,7 +25,7 @@ class AllReduceStats:
     steps: int = 0
     buckets: int = 0
     bytes_per_step: int = 0
-    pack: float = 0.0  # copying (and weighting) gradients into the bucket buffers
+    pack: float = 0.0  # weighting gradients in their buckets (a copy in at the first step)
     launch: float = 0.0  # starting non-blocking all-reduces during backward
     exposed: float = 0.0  # all-reduce time after backward finished: waiting, or blocking calls
     in_flight: float = 0.0  # from the first bucket's start to the end of backward (overlap)
@@ -36,12 +36,15 @@ class GradientAllReduce:
     """Gradient hook: sum every parameter's gradient over the ranks, each rank's gradient
     weighted by its share of the global batch (`set_share`), so uneven shares stay exact.
 
-    Gradients are packed into buckets (one preallocated flat buffer per bucket of about
-    `bucket_bytes`, in backward order: last layer first) and each bucket is summed by one
-    MPI Allreduce. With `overlap`, `grad_ready` starts a bucket's non-blocking Iallreduce as soon
+    Gradients live in buckets (one preallocated flat buffer per bucket of about `bucket_bytes`,
+    whole layers in backward order, last layer first; after the first step each gradient is a
+    view of its bucket) and each bucket is summed by one all-reduce (MPI, or NCCL through a
+    transport). With `overlap`, `grad_ready` starts a bucket's non-blocking Iallreduce as soon
     as its gradients exist, while backward goes on with earlier layers (PyTorch DDP's scheme);
-    `__call__` waits for the rest and unpacks. With `check_identical` every step ends by proving
-    that all ranks hold the same parameters (a debug check; it costs a host copy and a gather).
+    `__call__` starts the rest and waits. `stats` says where the time went. With
+    `check_identical` every step ends by proving that all ranks hold the same parameters (a
+    debug check; it costs a host copy and a gather). Optional hook methods beyond the engine's
+    interface: `set_share(local_rows, global_rows)` before a step, `after_update(params)`.
     """
 
     def __init__(
