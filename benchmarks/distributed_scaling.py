@@ -3,12 +3,14 @@
 Run: python benchmarks/distributed_scaling.py [--workloads mnist,wide] [--backend numba]
          [--rounds 3] [--steps mnist=40,wide=4] [--optimizer sgd]
 
-Per workload (deepcore.bench's shapes and batch sizes; the batch is the global batch), three
+Per workload (deepcore.bench's shapes and batch sizes; the batch is the global batch), four
 contenders train the same model on the same seeded synthetic batches, interleaved round by round
 (median over rounds):
   1x2        one process, 2 threads, the ordinary Trainer (its fastest route);
   2x1        mpiexec -n 2, 1 thread each, deepcore.distributed (Iallreduce overlapped);
-  2x1 block  the same with blocking Allreduce after backward (overlap=False).
+  2x1 block  the same with blocking Allreduce after backward (overlap=False);
+  1x1        one process, 1 thread: for context (2x1 against 1x1 is the data-parallel speed-up
+             with no thread pool in either, which a loaded machine distorts less).
 Each process times `--steps` steps after two warm-up steps (JIT compiles). For the 2-rank runs
 rank 0 also reports where the all-reduce time went (GradientAllReduce.stats): the exposed
 all-reduce (waiting after backward, or the blocking call), packing/unpacking the buckets, and
@@ -141,7 +143,8 @@ def main() -> None:
         return worker(a)
     a.steps = {**DEFAULT_STEPS, **{k: int(v) for k, v in
                (kv.split("=") for kv in a.steps.split(",") if kv)}}  # fmt: skip
-    contenders = [("1x2", 1, 2, False), ("2x1", 2, 1, False), ("2x1 block", 2, 1, True)]
+    contenders = [("1x2", 1, 2, False), ("1x1", 1, 1, False), ("2x1", 2, 1, False),
+                  ("2x1 block", 2, 1, True)]  # fmt: skip
     load = os.getloadavg()[0]
     print(f"backend {a.backend}, {a.optimizer}, float32, {os.cpu_count()} CPUs, "
           f"{a.rounds} interleaved rounds, load average {load:.1f} at start")  # fmt: skip
