@@ -157,12 +157,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_selftest(args)
     except KeyboardInterrupt:
         print("deepcore: interrupted", file=sys.stderr)
+        _end_job_if_distributed(130)
         return 130
     except (UsageError, DeepcoreError, ValueError, TypeError, OSError, ImportError) as exc:
-        print(f"deepcore {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        comm = _distributed_comm()
+        collective = getattr(exc, "collective", False)  # every rank raised it at one point
+        if comm is None or not collective or comm.is_root:  # then rank 0 alone says it
+            rank = f" (rank {comm.rank} of {comm.size})" if comm is not None else ""
+            print(f"deepcore {args.command}: error{rank}: {_one_line(exc)}", file=sys.stderr)
+        if not collective:  # the other ranks may be waiting in a collective: end them
+            _end_job_if_distributed(2)
         return 2
     parser.error(f"unknown command {args.command!r}")
     return 2
+
+
+def _distributed_comm() -> Any:
+    """The data-parallel communicator when this is one rank of several, else None."""
+    if "deepcore.distributed" not in sys.modules:
+        return None
+    comm = sys.modules["deepcore.distributed"].active()
+    return comm if comm is not None and comm.size > 1 else None
+
+
+def _end_job_if_distributed(code: int) -> None:
+    """One rank failed alone: end every rank (MPI_Abort) rather than leave them waiting."""
+    comm = _distributed_comm()
+    if comm is not None:
+        comm.abort(code)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -197,6 +219,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .optim import CosineAnnealingLR
     from .train import Trainer, make_optimizer
 
+    comm = _start_distributed()
+    root = comm is None or comm.is_root
+    if comm is not None and args.backend.partition(":")[0] in ("cupy", "auto"):
+        args.backend = _rank_backend(args.backend, comm.local_rank)
     backend = dc.get_backend(args.backend)
     train, test = _load_data(args)
     if train.task != "classification":
@@ -222,9 +248,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         opt = make_optimizer(args.optimizer, model.parameters(), lr)
         sched = CosineAnnealingLR(opt, max(epochs, 1)) if args.schedule == "cosine" else None
         trainer = Trainer(model, "cross_entropy", opt, scheduler=sched, seed=args.seed)
+    if comm is not None:
+        from .distributed import data_parallel
+
+        data_parallel(trainer, comm)  # same setup on every rank, rank 0's state, all-reduce
     callbacks = []
-    if args.save:
-        callbacks.append(_checkpoint_callback(args.save))
+    if args.save and root:
+        callbacks.append(_checkpoint_callback(args.save))  # rank 0 writes, atomically
     model = trainer.model
     dtype = model.dtype
     opt_name = type(trainer.optimizer).__name__
@@ -234,13 +264,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         + [str(m.out_features) for m in model.modules() if hasattr(m, "out_features")]
     )
     remaining = max(0, epochs - trainer.epoch) if args.resume else epochs
-    log = sys.stderr
+    log = sys.stderr if root else open(os.devnull, "w")  # noqa: SIM115 - one rank reports
     print(
         f"deepcore train: {args.dataset} ({len(train)} train / {len(test)} test, "
         f"{train.n_features} features, {train.n_classes} classes) | MLP {shape} | {opt_name} "
         f"lr={lr:g} | batch {args.batch_size} | "
         + (f"epochs {trainer.epoch + 1}-{epochs}" if args.resume else f"{epochs} epochs")
-        + f" | backend {backend.name} ({dtype})",
+        + f" | backend {backend.name} ({dtype})"
+        + (f" | {comm.size} ranks" if comm is not None else ""),
         file=log,
     )
     if backend.compiles:
@@ -256,7 +287,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             epochs=remaining,
             batch_size=args.batch_size,
             validation=None,
-            progress=not args.quiet,
+            progress=not args.quiet and root,
             callbacks=callbacks,
         )
     except KeyboardInterrupt:
@@ -266,9 +297,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"deepcore train: interrupted{where}", file=log)
+        _end_job_if_distributed(130)  # a rank may be inside a collective: end them all
         return 130
     seconds = time.perf_counter() - t0
-    metrics = trainer.evaluate(test)
+    metrics = trainer.evaluate(test)  # data-parallel: a slice per rank, sums reduced
+    if not root:
+        return 0
     samples = len(train) * remaining
     result = {
         "test_accuracy": metrics["accuracy"],
@@ -289,6 +323,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "samples_per_second": samples / seconds if seconds > 0 else None,
         "step_route": trainer.step_route,
         "step_fused": trainer.step_engine().fused,
+        "ranks": comm.size if comm is not None else 1,
     }
     print(
         f"test accuracy {result['test_accuracy']:.4f} | test loss {result['test_loss']:.4f} | "
@@ -303,6 +338,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(args.json, result)
     return 0
+
+
+def _start_distributed() -> Any:
+    """Under mpiexec with several processes: the communicator (deepcore.distributed); else None,
+    without importing mpi4py."""
+    from . import distributed
+
+    if not distributed.launched():
+        return None
+    comm = distributed.init()
+    return comm if comm.size > 1 else None
+
+
+def _rank_backend(spec: str, local_rank: int) -> str:
+    """Each rank on its own GPU: "cupy" (or "auto" resolving to cupy) means cupy:<local_rank>."""
+    from .backends import get_backend
+
+    name = get_backend("auto").name if spec == "auto" else spec
+    return f"cupy:{local_rank}" if name.partition(":")[0] == "cupy" else name
 
 
 def _warmup(backend: Any, dtype: str, depth: int) -> float:

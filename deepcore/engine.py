@@ -35,9 +35,11 @@ ROUTES = ("fused-step", "fused-stages", "stages")
 
 
 class GradientHook(Protocol):
-    """Runs after backward and before the update on the parameters' `.grad` arrays (it may
-    change them in place: all-reduce, unscale, checks). An optional `grad_ready(params)` is
-    called as soon as backward has produced those gradients."""
+    """Runs after backward and before the update on the trainable parameters (it may change
+    their `.grad` arrays in place: all-reduce, unscale, checks; a parameter whose grad is None
+    had no gradient this step). Optional methods: `grad_ready(params)`, called as soon as
+    backward has produced those parameters' gradients (last layer first), and
+    `after_update(params)`, called after the update."""
 
     def __call__(self, params: list[Any]) -> None: ...
 
@@ -106,21 +108,32 @@ class TrainStep:
     def __call__(self, xb: Any, yb: Any) -> tuple[Any, Any]:
         if self.route == "fused-step":
             return self._whole(xb, yb)
-        model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
-        logits = model(xb)
-        loss = loss_fn(logits, yb)
-        model.backward(loss_fn.backward(), need_input_grad=False)
-        if self.grad_hooks:
-            live = [p for p in self.params if p._grad_live]
-            for hook in self.grad_hooks:
-                ready = getattr(hook, "grad_ready", None)
-                if ready is not None:
-                    ready(live)
-            for hook in self.grad_hooks:
-                hook(live)
+        model, loss_fn, opt, hooks = self.model, self.loss_fn, self.optimizer, self.grad_hooks
+        if len(xb) == 0:  # an empty share (data-parallel): no gradient, but the hooks still run
+            loss, logits = model.backend.zeros((), model.dtype), None
+        else:
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            ready = [h.grad_ready for h in hooks if hasattr(h, "grad_ready")]
+            if ready and isinstance(model, Sequential):
+
+                def tell(params: list[Any]) -> None:
+                    for r in ready:
+                        r(params)
+
+                model.backward(loss_fn.backward(), need_input_grad=False, grad_ready=tell)
+            else:
+                model.backward(loss_fn.backward(), need_input_grad=False)
+                for r in ready:
+                    r([p for p in self.params if p._grad_live])
+        for hook in hooks:
+            hook(self.params)
         if self.clip_grad_norm is not None:
             clip_grad_norm_(self.params, self.clip_grad_norm)
         opt.step()
+        for hook in hooks:
+            if hasattr(hook, "after_update"):
+                hook.after_update(self.params)
         opt.zero_grad()
         return loss, logits
 

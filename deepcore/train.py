@@ -124,10 +124,15 @@ class Trainer:
         self.history = History()
         # "auto": the step engine fuses what model, loss, optimizer and hooks allow.
         self.fused = fused
-        self.grad_hooks = list(grad_hooks)
+        #: Gradient hooks (deepcore.engine.GradientHook): `hook(params)` after backward, optional
+        #: `grad_ready(params)` per layer during it, `after_update(params)` after the update.
+        self.grad_hooks: list[Any] = list(grad_hooks)
         self._step: TrainStep | None = None
         self._step_for: Any = None
         self._last_logits: Any = None
+        #: The deepcore.distributed Communicator when training data-parallel (set by
+        #: distributed.data_parallel): fit then shards every global batch and reduces metrics.
+        self.comm: Any = None
 
     @property
     def backend(self) -> Backend:
@@ -187,6 +192,14 @@ class Trainer:
         y = _column_targets(y, classify)
         batches = BatchIterator(X, y, batch_size, shuffle=shuffle, rng=self.rng)
         check_every = 1 if self.backend.device == "cpu" else 50
+        comm = self.comm if self.comm is not None and self.comm.size > 1 else None
+        if comm is not None:  # data-parallel: this rank's share of every global batch
+            from .distributed import check_shardable, shard_batches
+
+            check_shardable(len(X), batch_size, comm, "training data")
+            progress = progress and comm.is_root  # one rank reports
+        train_step = self.train_step
+        shares = [h.set_share for h in self.grad_hooks if hasattr(h, "set_share")]
         bar = _progress(progress, len(batches) * epochs)
         target_epoch = self.epoch + epochs
         try:
@@ -195,8 +208,15 @@ class Trainer:
                 t0 = time.perf_counter()
                 total, seen, counted = 0.0, 0, 0
                 correct: Any = 0  # a device scalar on GPU backends, read once per epoch
-                for i, (xb, yb) in enumerate(batches):
-                    loss = self.train_step(xb, yb)
+                epoch_batches = (
+                    shard_batches(batches, comm)
+                    if comm is not None
+                    else ((xb, yb, len(xb)) for xb, yb in batches)
+                )
+                for i, (xb, yb, global_rows) in enumerate(epoch_batches):
+                    for share in shares:
+                        share(len(xb), global_rows)
+                    loss = train_step(xb, yb)
                     n = len(xb)
                     seen += n
                     if classify and self._last_logits is not None:
@@ -219,6 +239,13 @@ class Trainer:
                             bar.set_description(f"epoch {self.epoch + 1}/{target_epoch}")
                             bar.set_postfix(loss=f"{shown:.4f}", refresh=False)
                 self.backend.synchronize()
+                if comm is not None:  # sums over ranks: losses weighted by rows, counts
+                    last = (value if value is not None else 0.0) * n
+                    sums = comm.allreduce_sum(
+                        [total, seen, int(correct), counted, last, n]
+                    ).tolist()
+                    total, seen, correct, counted = sums[0], int(sums[1]), sums[2], int(sums[3])
+                    value = sums[4] / sums[5] if sums[5] else value
                 seconds = time.perf_counter() - t0
                 self.epoch += 1
                 if self.scheduler is not None:
@@ -234,7 +261,7 @@ class Trainer:
                     record["accuracy"] = int(correct) / counted
                 if val is not None:
                     vm = _evaluate_arrays(
-                        self.model, *val, self.loss_fn, batch_size=max(batch_size, 256)
+                        self.model, *val, self.loss_fn, batch_size=max(batch_size, 256), comm=comm
                     )
                     record.update({f"val_{k}": v for k, v in vm.items()})
                 self.history.epochs.append(record)
@@ -256,7 +283,13 @@ class Trainer:
     def evaluate(
         self, data: Dataset | tuple[Any, Any], *, batch_size: int = 512
     ) -> dict[str, float]:
-        """Mean loss (and accuracy for classification) over `data`, in eval mode."""
+        """Mean loss (and accuracy for classification) over `data`, in eval mode (data-parallel:
+        each rank evaluates a slice and the sums are reduced)."""
+        if self.comm is not None and self.comm.size > 1:
+            X, y = _as_xy(data, "evaluation data")
+            return _evaluate_arrays(
+                self.model, X, y, self.loss_fn, batch_size=batch_size, comm=self.comm
+            )
         return evaluate(self.model, data, loss_fn=self.loss_fn, batch_size=batch_size)
 
 
@@ -275,12 +308,25 @@ def evaluate(
 
 
 def _evaluate_arrays(
-    model: Module, X: np.ndarray, y: np.ndarray, loss_fn: Loss, *, batch_size: int
+    model: Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    loss_fn: Loss,
+    *,
+    batch_size: int,
+    comm: Any = None,
 ) -> dict[str, float]:
-    """`evaluate` on arrays already checked by `_as_xy` (fit checks its validation set once)."""
+    """`evaluate` on arrays already checked by `_as_xy` (fit checks its validation set once);
+    with a data-parallel `comm`, this rank evaluates its slice and the sums are reduced."""
     loss_fn.backend = model.backend
     classify = isinstance(loss_fn, CrossEntropyLoss)
     y = _column_targets(y, classify)
+    n_all = len(X)
+    if comm is not None and comm.size > 1:
+        from .distributed import shard_bounds
+
+        lo, hi = shard_bounds(n_all, comm.rank, comm.size)
+        X, y = X[lo:hi], y[lo:hi]
     was = model.training
     model.eval()
     total, correct = 0.0, 0
@@ -293,9 +339,11 @@ def _evaluate_arrays(
                 correct += int(model.backend.count_correct(logits, yb))
     finally:
         model.train(was)
-    out = {"loss": total / len(X)}
+    if comm is not None and comm.size > 1:
+        total, correct = (float(v) for v in comm.allreduce_sum([total, correct]))
+    out = {"loss": total / n_all}
     if classify:
-        out["accuracy"] = correct / len(X)
+        out["accuracy"] = float(correct) / n_all
     return out
 
 

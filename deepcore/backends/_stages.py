@@ -5,7 +5,7 @@ optimizer update, written once through the per-layer and per-parameter methods. 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .hyper import STATE_KEYS
@@ -83,9 +83,11 @@ class StageKernels:
         *,
         accumulate: bool = False,
         need_input_grad: bool = True,
+        on_layer: Callable[[int], None] | None = None,
     ) -> Any:
         """Backward of `mlp_forward`: writes (or, with accumulate, adds) each layer's weight
-        and bias gradients; returns dL/dx, or None when not needed."""
+        and bias gradients; returns dL/dx, or None when not needed. `on_layer(l)` is called as
+        soon as layer l's gradients are complete (last layer first)."""
         d = grad_output
         nl = len(tape.weights)
         for l in range(nl - 1, -1, -1):
@@ -107,6 +109,8 @@ class StageKernels:
             if weight_grads[l] is not None:
                 self.gemm(d, src, trans_a=True, beta=1.0 if accumulate else 0.0,
                           out=weight_grads[l])  # fmt: skip
+            if on_layer is not None:
+                on_layer(l)
             if l > 0 or need_input_grad:
                 d = self.gemm(d, tape.weights[l])
         return d if need_input_grad else None

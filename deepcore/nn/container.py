@@ -8,7 +8,7 @@ module by module, a Linear followed by an elementwise activation still fused int
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import BackendMismatchError
@@ -155,11 +155,18 @@ class Sequential(Module):
         self._plan = plan
         return x
 
-    def backward(self, grad_output: Any, *, need_input_grad: bool = True) -> Any:
+    def backward(
+        self,
+        grad_output: Any,
+        *,
+        need_input_grad: bool = True,
+        grad_ready: Callable[[list[Parameter]], None] | None = None,
+    ) -> Any:
         """Backpropagate through every layer; returns d(loss)/d(input) unless told not to
-        (the first Linear then skips its input-gradient GEMM)."""
+        (the first Linear then skips its input-gradient GEMM). `grad_ready(params)` is called
+        as each layer's parameter gradients are complete (last layer first)."""
         if self._tape is not None:
-            return self._fused_backward(grad_output, need_input_grad)
+            return self._fused_backward(grad_output, need_input_grad, grad_ready)
         if not self._plan:
             raise RuntimeError("Sequential.backward called before a forward")
         g = grad_output
@@ -171,9 +178,14 @@ class Sequential(Module):
             if i == last and isinstance(layer, Linear):
                 kw["need_input_grad"] = need_input_grad
             g = layer.backward(g, **kw)
+            if grad_ready is not None:
+                done = [p for p in layer.parameters() if p.requires_grad]
+                if done:
+                    grad_ready(done)
         return g
 
-    def _fused_backward(self, grad_output: Any, need_input_grad: bool) -> Any:
+    def _fused_backward(self, grad_output: Any, need_input_grad: bool,
+                        grad_ready: Any = None) -> Any:  # fmt: skip
         """One `backend.mlp_backward` call; gradients overwrite, or add to live ones."""
         spec = self.mlp()
         if spec is None:
@@ -187,9 +199,22 @@ class Sequential(Module):
         else:
             wg = [lin.weight.grad_target()[0] for lin in lins]
             bg = [lin.bias.grad_target()[0] if lin.bias is not None else None for lin in lins]
+        on_layer = None
+        if grad_ready is not None:
+
+            def on_layer(l: int) -> None:
+                lin = lins[l]
+                lin.weight._grad_live = True
+                done = [lin.weight]
+                if lin.bias is not None:
+                    lin.bias._grad_live = True
+                    done.append(lin.bias)
+                grad_ready(done)
+
         dx = self.backend.mlp_backward(
-            self._tape, g, wg, bg, accumulate=accumulate, need_input_grad=need_input_grad
-        )
+            self._tape, g, wg, bg, accumulate=accumulate, need_input_grad=need_input_grad,
+            on_layer=on_layer,
+        )  # fmt: skip
         for p in spec.params:
             p._grad_live = True
         return dx

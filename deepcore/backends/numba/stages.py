@@ -12,7 +12,7 @@ Validation happens once per set of arrays (a plan cached by their identities).
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -223,12 +223,13 @@ class NumbaStagesMixin(Backend):
         *,
         accumulate: bool = False,
         need_input_grad: bool = True,
+        on_layer: Callable[[int], None] | None = None,
     ) -> Any:
         extra = tape.extra
         if extra is None or accumulate:  # base's per-layer route accumulates
             return Backend.mlp_backward(
                 self, tape, grad_output, weight_grads, bias_grads, accumulate=accumulate,
-                need_input_grad=need_input_grad,
+                need_input_grad=need_input_grad, on_layer=on_layer,
             )  # fmt: skip
         net, ds = extra
         d_last = ds[-1]
@@ -250,12 +251,16 @@ class NumbaStagesMixin(Backend):
             self._k.step.mlp_backward(tape.weights, tuple(weight_grads), tuple(bias_grads),
                                       net.codes, net.dt.type(tape.alpha), x, tape.masks,
                                       tape.pre, tape.out, tape.ins, ds, dx)  # fmt: skip
+            if on_layer is not None:  # one call computed them all
+                for l in range(net.nl - 1, -1, -1):
+                    on_layer(l)
             return dx if need_input_grad else None
         return self._layered_backward(net, tape, ds, weight_grads, bias_grads, dx,
-                                      need_input_grad, None)  # fmt: skip
+                                      need_input_grad, None, on_layer)  # fmt: skip
 
     def _layered_backward(self, net: _Net, tape: MLPTape, ds: Any, wgrads: Any, bgrads: Any,
-                          dx: Any, need_dx: bool, plan: Any = None) -> Any:  # fmt: skip
+                          dx: Any, need_dx: bool, plan: Any = None,
+                          on_layer: Any = None) -> Any:  # fmt: skip
         """Backward layer by layer on ds (ds[-1] holds dL/d(output)). With a whole-step plan,
         each weight whose gradient GEMM runs on the JIT kernel is updated inside it (returns
         the list of layers updated so); else returns dx (or None)."""
@@ -283,6 +288,8 @@ class NumbaStagesMixin(Backend):
                 fused[l] = self._matmul_fused(d, True, src, False, wgrads[l], nt, ep=ep)
             else:
                 self._matmul(d, True, src, False, wgrads[l], nthreads=nt)
+            if on_layer is not None:
+                on_layer(l)
             d = d_prev
         if plan is not None:
             return fused
