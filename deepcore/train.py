@@ -22,6 +22,7 @@ from .nn.loss import BCEWithLogitsLoss, MSELoss
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from .optim.clip import clip_grad_norm_
 from .optim.schedulers import LRScheduler
+from .precision import autocast, normalize_precision
 
 LOSSES: dict[str, type[Loss]] = {
     "cross_entropy": CrossEntropyLoss,
@@ -104,8 +105,11 @@ class Trainer:
         seed: int | None = 0,
         clip_grad_norm: float | None = None,
         fused: bool | str = "auto",
+        precision: str = "float32",
     ) -> None:
         self.model = model
+        #: "float32", or "bf16": each step runs under autocast("bfloat16") (deepcore.precision).
+        self.precision = normalize_precision(precision)
         if isinstance(loss_fn, str):
             if loss_fn not in LOSSES:
                 raise ValueError(f"unknown loss {loss_fn!r}; expected one of {', '.join(LOSSES)}")
@@ -141,7 +145,13 @@ class Trainer:
 
     def train_step(self, xb: Any, yb: Any) -> Any:
         """One forward, backward and update; returns the loss as a 0-d backend array."""
-        model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
+        model, loss_fn = self.model, self.loss_fn
+        if self.precision != "float32":  # stage by stage under the policy (no fused bf16 step yet)
+            with autocast(self.precision):
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                model.backward(loss_fn.backward(), need_input_grad=False)
+            return self._finish_step(logits, loss)
         fused = self._fused_plan()
         if fused is not None:
             loss, self._last_logits = fused(xb, yb)
@@ -150,8 +160,13 @@ class Trainer:
         logits = model(xb)
         loss = loss_fn(logits, yb)
         model.backward(loss_fn.backward(), need_input_grad=False)
+        return self._finish_step(logits, loss)
+
+    def _finish_step(self, logits: Any, loss: Any) -> Any:
+        """Clip, update the (float32) weights, count the step; returns the loss."""
+        opt = self.optimizer
         if self.clip_grad_norm is not None:
-            clip_grad_norm_(model.parameters(), self.clip_grad_norm)
+            clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         opt.step()
         opt.zero_grad()
         self.step += 1
@@ -342,8 +357,10 @@ def fit(
     progress: bool = True,
     clip_grad_norm: float | None = None,
     callbacks: Iterable[Callable[[Trainer], None]] = (),
+    precision: str = "float32",
 ) -> History:
-    """Train `model` on `train` (a Dataset or (X, y)); returns the per-epoch History."""
+    """Train `model` on `train` (a Dataset or (X, y)); returns the per-epoch History.
+    `precision="bf16"`: GEMMs on bfloat16 operands, everything else float32 (deepcore.precision)."""
     trainer = Trainer(
         model,
         loss,
@@ -352,6 +369,7 @@ def fit(
         scheduler=scheduler,
         seed=seed,
         clip_grad_norm=clip_grad_norm,
+        precision=precision,
     )
     return trainer.fit(
         train,

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..base import ACTIVATIONS, check_activation
 from . import mkl as _mkl
+from .bf16 import NumbaBf16Mixin
 from .gemm import NumbaGemmMixin, check_blas, check_gemm_impl
 from .step import FUSED_STEP_MAX_WORK, NumbaStepMixin
 from .updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin, adam_scalars
@@ -46,7 +47,7 @@ def _kernels(gemm_impl: str, blas: str) -> Any:
     return type("Kernels", (), mods)
 
 
-class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
+class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaBf16Mixin, NumbaGemmMixin):
     """CPU backend: NumPy arrays, Numba-JIT kernels, BLAS where BLAS is faster."""
 
     name = "numba"
