@@ -29,7 +29,7 @@ from .elementwise import bias_act_flat
 from .gemm import choose_grid
 from .micro import MR, _spill, _store, _store_edge, row_offsets
 from .optimizers import update_flat
-from .simd import Vec, _host_cpu, intrinsic, lanes, vbroadcast, vload, vsplat, vzero
+from .simd import Vec, _host_cpu, intrinsic, lanes, vbroadcast, vload, vsplat, vtranspose, vzero
 
 #: Vectors per row of the register block (4 zmm = 64 float32 columns), and of the half block.
 NV = 4
@@ -96,64 +96,110 @@ def bf16_bits(u):
     return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
 
 
+@njit(inline="always", **OPTS)
+def _pair(lo, hi):
+    return bf16_bits(lo) | (bf16_bits(hi) << np.uint32(16))
+
+
+@njit(**OPTS)
+def _pair_along_rows(u, i, out, o, k):
+    """out[o + q] = the bf16 pair (u[i, 2q], u[i, 2q+1]) for q < ceil(k/2) (zero-padded)."""
+    for q in range(k // 2):
+        out[o + q] = _pair(u[i, 2 * q], u[i, 2 * q + 1])
+    if k % 2:
+        out[o + k // 2] = bf16_bits(u[i, k - 1])
+
+
+@njit(**OPTS)
+def _pair_rows(u, q, j0, out, o, n):
+    """out[o + j] = the bf16 pair (u[2q, j0+j], u[2q+1, j0+j]) for j < n (zero past u)."""
+    if 2 * q + 1 < u.shape[0]:
+        for j in range(n):
+            out[o + j] = _pair(u[2 * q, j0 + j], u[2 * q + 1, j0 + j])
+    else:
+        for j in range(n):
+            out[o + j] = bf16_bits(u[2 * q, j0 + j])
+
+
+@njit(**OPTS)
+def _transpose_words(src, r0, r1, cols, dst, d_off, d_ld):
+    """dst[d_off + c*d_ld + (r - r0)] = src[r*cols + c] for r0 <= r < r1, c < cols: 16 x 16
+    blocks through registers (simd.vtranspose), the edges element by element."""
+    L = lanes(src)
+    rl = r0 + (r1 - r0) - (r1 - r0) % L
+    cl = cols - cols % L
+    for r in range(r0, rl, L):
+        for c in range(0, cl, L):
+            vtranspose(src, r * cols + c, cols, dst, d_off + c * d_ld + (r - r0), d_ld)
+        for c in range(cl, cols):
+            for i in range(L):
+                dst[d_off + c * d_ld + r - r0 + i] = src[(r + i) * cols + c]
+    for r in range(rl, r1):
+        for c in range(cols):
+            dst[d_off + c * d_ld + r - r0] = src[r * cols + c]
+
+
 @njit(parallel=True, **OPTS)
-def pack_a(a, ta, out):
+def pack_a(a, ta, out, tmp):
     """op(a) (m x k) -> out (m x kq words, kq = ceil(k/2)): out[i, q] = bf16(op(a)[i, 2q]) |
-    bf16(op(a)[i, 2q+1]) << 16, zero for k's odd tail."""
+    bf16(op(a)[i, 2q+1]) << 16, zero for k's odd tail. op(a) = a.T goes through tmp (kq x m
+    words: rows of a paired, then transposed in registers); tmp has >= kq * m words."""
     m, kq = out.shape
-    k = a.shape[0] if ta else a.shape[1]
     u = a.view(np.uint32)
-    kl = k - k % 2
+    of = out.reshape(-1)
     if not ta:
         for i in prange(m):
-            for q in range(kl // 2):
-                out[i, q] = bf16_bits(u[i, 2 * q]) | (bf16_bits(u[i, 2 * q + 1]) << np.uint32(16))
-            if k % 2:
-                out[i, kq - 1] = bf16_bits(u[i, k - 1])
+            _pair_along_rows(u, i, of, i * kq, a.shape[1])
         return
-    nb = -(-m // 64)
-    for blk in prange(nb):  # 64 rows of op(a) at a time: reads of a's rows stay contiguous
-        i0 = blk * 64
-        i1 = min(m, i0 + 64)
-        for q in range(kl // 2):
-            for i in range(i0, i1):
-                out[i, q] = bf16_bits(u[2 * q, i]) | (bf16_bits(u[2 * q + 1, i]) << np.uint32(16))
-        if k % 2:
-            for i in range(i0, i1):
-                out[i, kq - 1] = bf16_bits(u[k - 1, i])
+    for q in prange(kq):
+        _pair_rows(u, q, 0, tmp, q * m, m)
+    nb = -(-m // 16)
+    for blk in prange(nb):  # out rows blk*16.. = tmp columns: out = tmp.T
+        c0 = blk * 16
+        c1 = min(m, c0 + 16)
+        # rows of out c0:c1 from tmp[:, c0:c1]: transpose tmp's (kq x 16) column block
+        for q0 in range(0, kq, 16):
+            q1 = min(kq, q0 + 16)
+            if q1 - q0 == 16 and c1 - c0 == 16:
+                vtranspose(tmp, q0 * m + c0, m, of, c0 * kq + q0, kq)
+            else:
+                for q in range(q0, q1):
+                    for c in range(c0, c1):
+                        of[c * kq + q] = tmp[q * m + c]
 
 
 @njit(parallel=True, **OPTS)
-def pack_b(b, tb, out):
+def pack_b(b, tb, out, tmp):
     """op(b) (k x n) -> out (strips x kq x NR words): out[s, q, j] = bf16(op(b)[2q, s*NR+j]) |
-    bf16(op(b)[2q+1, s*NR+j]) << 16, zero past n and for k's odd tail."""
+    bf16(op(b)[2q+1, s*NR+j]) << 16, zero past n and for k's odd tail. op(b) = b.T goes
+    through tmp (n x kq words: rows of b paired, then transposed in registers)."""
     ns, kq, nr = out.shape
-    k, n = (b.shape[1], b.shape[0]) if tb else b.shape
+    n = b.shape[0] if tb else b.shape[1]
     u = b.view(np.uint32)
+    of = out.reshape(-1)
     z = np.uint32(0)
+    if not tb:
+        for q in prange(kq):  # rows of b paired into tmp (kq x n): both streams contiguous
+            _pair_rows(u, q, 0, tmp, q * n, n)
+        for q in prange(kq):  # then cut into strips
+            for s in range(ns):
+                j0 = s * nr
+                w = min(nr, n - j0)
+                o = (s * kq + q) * nr
+                for j in range(w):
+                    of[o + j] = tmp[q * n + j0 + j]
+                for j in range(w, nr):
+                    of[o + j] = z
+        return
+    for j in prange(n):
+        _pair_along_rows(u, j, tmp, j * kq, b.shape[1])
     for s in prange(ns):
         j0 = s * nr
         w = min(nr, n - j0)
-        if not tb:
-            for q in range(kq):
-                p = 2 * q
-                for j in range(w):
-                    lo = bf16_bits(u[p, j0 + j])
-                    hi = bf16_bits(u[p + 1, j0 + j]) if p + 1 < k else z
-                    out[s, q, j] = lo | (hi << np.uint32(16))
-                for j in range(w, nr):
-                    out[s, q, j] = z
-        else:
-            for j in range(w):
-                for q in range(k // 2):
-                    out[s, q, j] = bf16_bits(u[j0 + j, 2 * q]) | (
-                        bf16_bits(u[j0 + j, 2 * q + 1]) << np.uint32(16)
-                    )
-                if k % 2:
-                    out[s, kq - 1, j] = bf16_bits(u[j0 + j, k - 1])
+        _transpose_words(tmp, j0, j0 + w, kq, of, s * kq * nr, nr)
+        for q in range(kq):
             for j in range(w, nr):
-                for q in range(kq):
-                    out[s, q, j] = z
+                of[(s * kq + q) * nr + j] = z
 
 
 @njit(**GEMM_OPTS)
@@ -302,10 +348,11 @@ def grid(m: int, n: int, k: int, nthreads: int) -> tuple[int, int]:
     return choose_grid(m, n, -(-k // 2), nthreads, NR)
 
 
-def packed_shapes(m: int, n: int, k: int) -> tuple[tuple[int, int], tuple[int, int, int]]:
-    """Shapes of the packed A (m x kq words) and B (strips x kq x NR words)."""
+def packed_shapes(m: int, n: int, k: int) -> tuple[tuple[int, int], tuple[int, int, int], int]:
+    """Shapes of the packed A (m x kq words) and B (strips x kq x NR words), and the words of
+    the transposing packs' staging buffer."""
     kq = -(-k // 2)
-    return (m, kq), (-(-n // NR), kq, NR)
+    return (m, kq), (-(-n // NR), kq, NR), kq * max(m, n)
 
 
 def workspace_size() -> int:

@@ -82,11 +82,12 @@ class NumbaBf16Mixin(Backend):
             return self._matmul(ra, bool(ta), rb, bool(tb), out, alpha, beta)
         a = np.ascontiguousarray(a)
         b = np.ascontiguousarray(b)
-        sa, sb = kern.packed_shapes(m, n, k)
+        sa, sb, st = kern.packed_shapes(m, n, k)
         ap = self.scratch("bf16_a", sa, np.uint32)
         bp = self.scratch("bf16_b", sb, np.uint32)
-        kern.pack_a(a, bool(ta), ap)  # both read before out is written: out may alias a or b
-        kern.pack_b(b, bool(tb), bp)
+        tmp = self.scratch("bf16_t", (st,), np.uint32)
+        kern.pack_a(a, bool(ta), ap, tmp)  # both read before out is written: out may alias a, b
+        kern.pack_b(b, bool(tb), bp, tmp)
         ep, no_fe = self._no_epilogues(np.dtype(np.float32))
         fe = no_fe if fe is None else fe
         nt = threads.get_num_threads()
