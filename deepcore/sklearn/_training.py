@@ -14,6 +14,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils import shuffle as sk_shuffle
 
+from ..precision import autocast
+
 #: Sparse X at most this big (as float64) is densified once, else batch by batch.
 _DENSIFY_BYTES = 256 << 20
 
@@ -93,7 +95,8 @@ class TrainingMixin:
                         xb = be.asarray(rows.toarray(), self.dtype)
                     else:
                         xb = Xd[idx]
-                    total = total + self._step(xb, Td[idx])
+                    with autocast(getattr(self, "precision", "float32")):
+                        total = total + self._step(xb, Td[idx])
                 self.n_iter_ += 1
                 self.loss_ = float(total) / n
                 self.t_ += n

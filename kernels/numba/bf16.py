@@ -79,9 +79,7 @@ def vdpbf16(typingctx, acc, a, b):  # type: ignore[no-untyped-def]
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         c, x, y = args
         fty = ir.FunctionType(c.type, [c.type, _V32BF16, _V32BF16])
-        fn = cgutils.get_or_insert_function(
-            builder.module, fty, "llvm.x86.avx512bf16.dpbf16ps.512"
-        )
+        fn = cgutils.get_or_insert_function(builder.module, fty, "llvm.x86.avx512bf16.dpbf16ps.512")
         return builder.call(fn, [c, builder.bitcast(x, _V32BF16), builder.bitcast(y, _V32BF16)])
 
     return acc(acc, a, b), codegen
