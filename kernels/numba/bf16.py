@@ -137,8 +137,7 @@ def _transpose_words(src, r0, r1, cols, dst, d_off, d_ld):
             dst[d_off + c * d_ld + r - r0] = src[r * cols + c]
 
 
-@njit(parallel=True, **OPTS)
-def pack_a(a, ta, out, tmp):
+def _pack_a(a, ta, out, tmp):
     """op(a) (m x k) -> out (m x kq words, kq = ceil(k/2)): out[i, q] = bf16(op(a)[i, 2q]) |
     bf16(op(a)[i, 2q+1]) << 16, zero for k's odd tail. op(a) = a.T goes through tmp (kq x m
     words: rows of a paired, then transposed in registers); tmp has >= kq * m words."""
@@ -166,8 +165,7 @@ def pack_a(a, ta, out, tmp):
                         of[c * kq + q] = tmp[q * m + c]
 
 
-@njit(parallel=True, **OPTS)
-def pack_b(b, tb, out, tmp):
+def _pack_b(b, tb, out, tmp):
     """op(b) (k x n) -> out (strips x kq x NR words): out[s, q, j] = bf16(op(b)[2q, s*NR+j]) |
     bf16(op(b)[2q+1, s*NR+j]) << 16, zero past n and for k's odd tail. op(b) = b.T goes
     through tmp (n x kq words: rows of b paired, then transposed in registers)."""
@@ -198,6 +196,16 @@ def pack_b(b, tb, out, tmp):
         for q in range(kq):
             for j in range(w, nr):
                 of[(s * kq + q) * nr + j] = z
+
+
+#: The packs on all threads (large operands) and on the calling thread (small ones: a parallel
+#: region costs more than the work, and far more on a loaded machine).
+pack_a = njit(parallel=True, **OPTS)(_pack_a)
+pack_b = njit(parallel=True, **OPTS)(_pack_b)
+pack_a_serial = njit(**OPTS)(_pack_a)
+pack_b_serial = njit(**OPTS)(_pack_b)
+#: Words from which a pack runs on all threads.
+PARALLEL_PACK_WORDS = 1 << 16
 
 
 @njit(**GEMM_OPTS)

@@ -18,6 +18,10 @@ from ... import threads
 from ..base import ACTIVATIONS, Backend, check_activation
 from .gemm import PARALLEL_GEMM_WORK
 
+#: m*n*k from which the bf16 kernel runs on all threads (128^3): the float32 kernel's threshold
+#: scaled by the bf16 kernel's 2-4x flops a cycle (an estimate, not measured on a quiet machine;
+#: on the loaded one a parallel region cost up to 20 ms).
+PARALLEL_BF16_WORK = 4 * PARALLEL_GEMM_WORK
 _warned = False
 
 
@@ -86,13 +90,17 @@ class NumbaBf16Mixin(Backend):
         ap = self.scratch("bf16_a", sa, np.uint32)
         bp = self.scratch("bf16_b", sb, np.uint32)
         tmp = self.scratch("bf16_t", (st,), np.uint32)
-        kern.pack_a(a, bool(ta), ap, tmp)  # both read before out is written: out may alias a, b
-        kern.pack_b(b, bool(tb), bp, tmp)
+        nt = threads.get_num_threads()
+        big = nt > 1 and max(ap.size, bp.size) >= kern.PARALLEL_PACK_WORDS
+        pack_a, pack_b = (
+            (kern.pack_a, kern.pack_b) if big else (kern.pack_a_serial, kern.pack_b_serial)
+        )
+        pack_a(a, bool(ta), ap, tmp)  # both read before out is written: out may alias a or b
+        pack_b(b, bool(tb), bp, tmp)
         ep, no_fe = self._no_epilogues(np.dtype(np.float32))
         fe = no_fe if fe is None else fe
-        nt = threads.get_num_threads()
         t = np.float32
-        if nt > 1 and m * n * k >= PARALLEL_GEMM_WORK:
+        if nt > 1 and m * n * k >= PARALLEL_BF16_WORK:
             tm, tn = kern.grid(m, n, k, nt)
             ws = self.scratch("bf16_ws", (tm * tn, kern.workspace_size()), np.float32)
             kern.gemm_parallel(ap, bp, out, t(alpha), t(beta), ws, tm, tn, ep, fe)
