@@ -244,6 +244,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaBf16Mixin, NumbaGe
             "numba_cache": cfg.CACHE_DIR or ("in-tree __pycache__" if cfg.CACHE else "off"),
             "gemm": self.gemm_info(),
             "simd": f"{self._k.simd.VECTOR_BYTES * 8}-bit vectors",
+            "bf16": self.bf16_info(),
             "blas": self._blas_info(),
             **threads.threading_info(),
         }
