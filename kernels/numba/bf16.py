@@ -1,10 +1,11 @@
 """bfloat16 GEMM: C (float32) = alpha * op(A) @ op(B) + beta * C with A and B rounded to bf16,
 products summed in float32 by AVX512_BF16's `vdpbf16ps` (32 bf16 pairs a zmm, 64 flops).
 
-- packing (once per operand, parallel): float32 -> bf16 by round to nearest even, two bf16 of
-  consecutive k in one 32-bit word (low half = even k). A becomes rows of k pairs (m x kq
-  words; op(A) = A.T is transposed while packing); op(B) becomes NR-wide strips [strip][pair][NR]
-  words, zero-padded, the layout `vdpbf16ps` multiplies lane by lane.
+- packing (once per operand; parallel for large ones): float32 -> bf16 by round to nearest
+  even, two bf16 of consecutive k in one 32-bit word (low half = even k). A becomes rows of k
+  pairs (m x kq words); op(B) becomes NR-wide strips [strip][pair][NR] words, zero-padded, the
+  layout `vdpbf16ps` multiplies lane by lane. A transposed operand is first paired along its
+  rows into a staging buffer, then transposed as 32-bit words, 16 x 16 in registers.
 - micro-kernel: an MR x NR block of C in MR * NV zmm accumulators (6 x 4 = 24, as the float32
   kernel in micro.py); per k pair it loads NV vectors of B, broadcasts MR words of A and issues
   24 `vdpbf16ps`. The stores, edges and epilogues are micro.py's.
@@ -50,12 +51,6 @@ def has_avx512_bf16() -> bool:
     from .simd import VECTOR_BYTES
 
     return "+avx512bf16" in _host_cpu()[1].split(",") and VECTOR_BYTES == 64
-
-
-def kernel_id() -> str:
-    from .simd import host_cpu_id
-
-    return f"{host_cpu_id()} bf16 mr{MR} nv{NV} kc{KC} nc{NC_STRIPS}"
 
 
 class _BFloat(ir.Type):
