@@ -48,6 +48,16 @@ class NumbaBf16Mixin(Backend):
             k = self.__dict__["_bf16_k"] = mod if mod.has_avx512_bf16() else None
         return k
 
+    def _bf16_buffer(self, tag: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A packed-operand buffer of `shape` (uint32 words): one per tag, grown to the largest
+        GEMM seen, so a model's many GEMM shapes share three buffers (wide: ~64 MiB each)."""
+        bufs = self.__dict__.setdefault("_bf16_bufs", {})
+        size = int(np.prod(shape))
+        buf = bufs.get(tag)
+        if buf is None or buf.size < size:
+            buf = bufs[tag] = np.empty(size, np.uint32)
+        return buf[:size].reshape(shape)
+
     def bf16_info(self) -> str:
         """One line for `deepcore info`: how bf16 GEMMs run here."""
         if self._bf16_kernels() is None:
@@ -87,9 +97,9 @@ class NumbaBf16Mixin(Backend):
         a = np.ascontiguousarray(a)
         b = np.ascontiguousarray(b)
         sa, sb, st = kern.packed_shapes(m, n, k)
-        ap = self.scratch("bf16_a", sa, np.uint32)
-        bp = self.scratch("bf16_b", sb, np.uint32)
-        tmp = self.scratch("bf16_t", (st,), np.uint32)
+        ap = self._bf16_buffer("a", sa)
+        bp = self._bf16_buffer("b", sb)
+        tmp = self._bf16_buffer("t", (st,))
         nt = threads.get_num_threads()
         big = nt > 1 and max(ap.size, bp.size) >= kern.PARALLEL_PACK_WORDS
         pack_a, pack_b = (
