@@ -46,6 +46,7 @@ __all__ = [
     "to_numpy",
     "set_num_threads",
     "get_num_threads",
+    "autocast",
     "fit",
     "evaluate",
     "predict",
@@ -74,6 +75,7 @@ _LAZY = {
     "History": ("train", "History"),
     "save": ("io", "save"),
     "load": ("io", "load"),
+    "autocast": ("precision", "autocast"),
     "set_num_threads": ("threads", "set_num_threads"),
     "get_num_threads": ("threads", "get_num_threads"),
 }

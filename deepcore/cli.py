@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_non_negative_int, default=0)
     t.add_argument("--backend", default=os.environ.get("DEEPCORE_BACKEND") or "auto")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument(
+        "--precision",
+        choices=("float32", "bf16"),
+        default="float32",
+        help="bf16: GEMMs on bfloat16 operands, float32 weights and accumulation (float32 only)",
+    )
     t.add_argument("--save", metavar="PATH", help="checkpoint after every epoch (safetensors)")
     t.add_argument(
         "--resume",
@@ -248,6 +254,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         opt = make_optimizer(args.optimizer, model.parameters(), lr)
         sched = CosineAnnealingLR(opt, max(epochs, 1)) if args.schedule == "cosine" else None
         trainer = Trainer(model, "cross_entropy", opt, scheduler=sched, seed=args.seed)
+    if args.precision != "float32" and args.dtype != "float32":
+        raise UsageError(f"--precision {args.precision} needs --dtype float32, not {args.dtype}")
+    trainer.precision = args.precision
     if comm is not None:
         from .distributed import data_parallel
 
@@ -270,7 +279,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{train.n_features} features, {train.n_classes} classes) | MLP {shape} | {opt_name} "
         f"lr={lr:g} | batch {args.batch_size} | "
         + (f"epochs {trainer.epoch + 1}-{epochs}" if args.resume else f"{epochs} epochs")
-        + f" | backend {backend.name} ({dtype})"
+        + f" | backend {backend.name} ({dtype}"
+        + (f", {args.precision} GEMMs)" if args.precision != "float32" else ")")
         + (f" | {comm.size} ranks" if comm is not None else ""),
         file=log,
     )
@@ -312,6 +322,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "epochs": trainer.epoch,
         "backend": backend.name,
         "dtype": dtype,
+        "precision": args.precision,
         "dataset": args.dataset,
         "hidden": args.hidden,
         "optimizer": args.optimizer,

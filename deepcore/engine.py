@@ -57,14 +57,16 @@ class TrainStep:
         grad_hooks: Sequence[GradientHook] = (),
         clip_grad_norm: float | None = None,
         fused: bool | str = "auto",
+        precision: str = "float32",
     ) -> None:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.precision = precision
         self.grad_hooks = list(grad_hooks)
         self.clip_grad_norm = clip_grad_norm
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.spec: MLPLayers | None = None
-        if isinstance(model, Sequential) and model.fuse:
-            self.spec = model.mlp()
+        if isinstance(model, Sequential) and model.fuse and precision == "float32":
+            self.spec = model.mlp()  # (bf16 runs module by module: no fused bf16 stages yet)
         self.why = self._whole_step_refusal() if fused is not False else "fused=False"
         be = model.backend
         if self.why is None:
@@ -85,6 +87,8 @@ class TrainStep:
     def _whole_step_refusal(self) -> str | None:
         """Why the whole step cannot be one backend call (None when it can)."""
         model, loss_fn, opt, spec = self.model, self.loss_fn, self.optimizer, self.spec
+        if self.precision != "float32":
+            return f"{self.precision} runs module by module (no fused {self.precision} stages yet)"
         if not model.backend.whole_step:
             return f"the {model.backend.name} backend has no whole-step kernel"
         if spec is None:
@@ -198,8 +202,10 @@ def plan_step(
     grad_hooks: Sequence[GradientHook] = (),
     clip_grad_norm: float | None = None,
     fused: bool | str = "auto",
+    precision: str = "float32",
 ) -> TrainStep:
-    """The training step for this model, loss, optimizer and hooks (see the module docstring)."""
+    """The training step for this model, loss, optimizer and hooks (see the module docstring).
+    With precision "bf16" the caller runs it under `deepcore.autocast`."""
     return TrainStep(
         model,
         loss_fn,
@@ -207,4 +213,5 @@ def plan_step(
         grad_hooks=grad_hooks,
         clip_grad_norm=clip_grad_norm,
         fused=fused,
+        precision=precision,
     )

@@ -22,6 +22,7 @@ from .nn import CrossEntropyLoss, Loss, Module
 from .nn.loss import BCEWithLogitsLoss, MSELoss
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from .optim.schedulers import LRScheduler
+from .precision import autocast, normalize_precision
 
 LOSSES: dict[str, type[Loss]] = {
     "cross_entropy": CrossEntropyLoss,
@@ -105,8 +106,11 @@ class Trainer:
         clip_grad_norm: float | None = None,
         fused: bool | str = "auto",
         grad_hooks: Iterable[GradientHook] = (),
+        precision: str = "float32",
     ) -> None:
         self.model = model
+        #: "float32", or "bf16": each step runs under autocast("bfloat16") (deepcore.precision).
+        self.precision = normalize_precision(precision)
         if isinstance(loss_fn, str):
             if loss_fn not in LOSSES:
                 raise ValueError(f"unknown loss {loss_fn!r}; expected one of {', '.join(LOSSES)}")
@@ -148,7 +152,11 @@ class Trainer:
 
     def train_step(self, xb: Any, yb: Any) -> Any:
         """One forward, backward and update; returns the loss as a 0-d backend array."""
-        loss, self._last_logits = self.step_engine()(xb, yb)
+        if self.precision != "float32":  # the bf16 policy around forward, loss and backward
+            with autocast(self.precision):
+                loss, self._last_logits = self.step_engine()(xb, yb)
+        else:
+            loss, self._last_logits = self.step_engine()(xb, yb)
         self.step += 1
         return loss
 
@@ -156,11 +164,11 @@ class Trainer:
         """The planned training step (re-planned when the backend, dtype, hooks or clipping
         change)."""
         key = (self.model.backend, self.model.dtype, tuple(map(id, self.grad_hooks)),
-               self.clip_grad_norm, self.fused, self.optimizer)  # fmt: skip
+               self.clip_grad_norm, self.fused, self.optimizer, self.precision)  # fmt: skip
         if self._step is None or self._step_for != key:
             self._step = plan_step(
                 self.model, self.loss_fn, self.optimizer, grad_hooks=self.grad_hooks,
-                clip_grad_norm=self.clip_grad_norm, fused=self.fused,
+                clip_grad_norm=self.clip_grad_norm, fused=self.fused, precision=self.precision,
             )  # fmt: skip
             self._step_for = key
         return self._step
@@ -379,8 +387,10 @@ def fit(
     progress: bool = True,
     clip_grad_norm: float | None = None,
     callbacks: Iterable[Callable[[Trainer], None]] = (),
+    precision: str = "float32",
 ) -> History:
-    """Train `model` on `train` (a Dataset or (X, y)); returns the per-epoch History."""
+    """Train `model` on `train` (a Dataset or (X, y)); returns the per-epoch History.
+    `precision="bf16"`: GEMMs on bfloat16 operands, everything else float32 (deepcore.precision)."""
     trainer = Trainer(
         model,
         loss,
@@ -389,6 +399,7 @@ def fit(
         scheduler=scheduler,
         seed=seed,
         clip_grad_norm=clip_grad_norm,
+        precision=precision,
     )
     return trainer.fit(
         train,

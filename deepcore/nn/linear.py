@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends import Backend
 from ..backends.base import NEEDS_PREACTIVATION
 from ..errors import ShapeError
+from ..precision import is_bf16
 from . import init
 from .module import Module, Parameter, Recent
 
@@ -51,7 +52,8 @@ class Linear(Module):
         y = be.empty((n, self.out_features), self.dtype)
         pre = be.empty((n, self.out_features), self.dtype) if kind in NEEDS_PREACTIVATION else None
         b = self.bias.data if self.bias is not None else None
-        be.linear(x, self.weight.data, b, activation=kind, alpha=alpha, out=y, pre_out=pre)
+        linear = be.linear_bf16 if self._bf16() else be.linear
+        linear(x, self.weight.data, b, activation=kind, alpha=alpha, out=y, pre_out=pre)
         if self.training:
             self._cache_x, self._cache_y, self._cache_pre = x, y, pre
         return y
@@ -95,13 +97,19 @@ class Linear(Module):
                 be.bias_grad(dz, out=db, accumulate=accumulate)
         if bias is not None:
             bias.grad_written()
+        gemm = be.gemm_bf16 if self._bf16() else be.gemm
         if self.weight.requires_grad:
             dw, accumulate = self.weight.grad_target()
-            be.gemm(dz, x, trans_a=True, beta=1.0 if accumulate else 0.0, out=dw)
+            gemm(dz, x, trans_a=True, beta=1.0 if accumulate else 0.0, out=dw)
             self.weight.grad_written()
         if not need_input_grad:
             return None
-        return be.gemm(dz, self.weight.data)
+        return gemm(dz, self.weight.data)
+
+    def _bf16(self) -> bool:
+        """True inside `autocast("bfloat16")` for a float32 layer (float64 layers ignore it, as
+        PyTorch's CPU autocast leaves float64 alone)."""
+        return is_bf16() and self.dtype == "float32"
 
     def extra_repr(self) -> str:
         return (

@@ -56,6 +56,7 @@ class BaseMLP(TrainingMixin, BaseEstimator):
         n_iter_no_change: int = 10,
         backend: str | None = None,
         dtype: str = "float32",
+        precision: str = "float32",
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -81,6 +82,7 @@ class BaseMLP(TrainingMixin, BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.backend = backend
         self.dtype = dtype
+        self.precision = precision
 
     # ------------------------------------------------------------------ parameters
     def _hidden_sizes(self) -> list[int]:
@@ -115,6 +117,11 @@ class BaseMLP(TrainingMixin, BaseEstimator):
             ("beta_2", self.beta_2, 0.0, 1.0),
             ("power_t", self.power_t, 0.0, None),
         ]
+        from ..precision import normalize_precision
+
+        if normalize_precision(getattr(self, "precision", "float32")) != "float32":
+            if self.dtype != "float32":
+                raise ValueError(f"precision={self.precision!r} needs dtype='float32'")
         for name, value, lo, hi in bounds:
             if not (value >= lo and (hi is None or value <= hi)):
                 raise ValueError(f"The '{name}' parameter must be >= {lo}, got {value!r}.")

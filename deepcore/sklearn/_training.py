@@ -15,6 +15,7 @@ from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils import shuffle as sk_shuffle
 
 from ..engine import TrainStep, plan_step
+from ..precision import autocast
 
 #: Sparse X at most this big (as float64) is densified once, else batch by batch.
 _DENSIFY_BYTES = 256 << 20
@@ -81,7 +82,10 @@ class TrainingMixin:
         Xd = X if sparse else be.asarray(np.asarray(X, dtype=self.dtype))
         Td = be.asarray(self._train_targets(Y))
         sample_idx = np.arange(n, dtype=int)
-        step = plan_step(self._model, _Loss(self.out_activation_, be), self._optimizer)
+        step = plan_step(
+            self._model, _Loss(self.out_activation_, be), self._optimizer,
+            precision=getattr(self, "precision", "float32"),
+        )  # fmt: skip
         self.step_route_ = step.route
         self.n_iter_ = 0
         try:
@@ -97,7 +101,8 @@ class TrainingMixin:
                         xb = be.asarray(rows.toarray(), self.dtype)
                     else:
                         xb = Xd[idx]
-                    total = total + self._step(step, xb, Td[idx])
+                    with autocast(getattr(self, "precision", "float32")):
+                        total = total + self._step(step, xb, Td[idx])
                 self.n_iter_ += 1
                 self.loss_ = float(total) / n
                 self.t_ += n

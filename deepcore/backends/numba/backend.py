@@ -19,6 +19,7 @@ import numpy as np
 from .. import hyper
 from ..base import ACTIVATIONS, check_activation
 from . import mkl as _mkl
+from .bf16 import NumbaBf16Mixin
 from .gemm import NumbaGemmMixin, check_blas, check_gemm_impl
 from .stages import FUSED_STEP_MAX_WORK
 from .step import NumbaStepMixin
@@ -48,7 +49,7 @@ def _kernels(gemm_impl: str, blas: str) -> Any:
     return type("Kernels", (), mods)
 
 
-class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
+class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaBf16Mixin, NumbaGemmMixin):
     """CPU backend: NumPy arrays, Numba-JIT kernels, BLAS where BLAS is faster."""
 
     name = "numba"
@@ -256,6 +257,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaGemmMixin):
             "numba_cache": cfg.CACHE_DIR or ("in-tree __pycache__" if cfg.CACHE else "off"),
             "gemm": self.gemm_info(),
             "simd": self._k.simd.TARGET.describe(),
+            "bf16": self.bf16_info(),
             "blas": self._blas_info(),
             **threads.threading_info(),
         }

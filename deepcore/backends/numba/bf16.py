@@ -1,0 +1,158 @@
+"""The Numba backend's bf16 GEMMs (a mixin of NumbaBackend): `gemm_bf16` and `linear_bf16` on the
+AVX512_BF16 kernel (deepcore.kernels.numba.bf16), operands packed to bf16 once per call.
+
+On a CPU without AVX512_BF16 the same calls are emulated: operands rounded to bf16 (as the NumPy
+reference does) and multiplied by the float32 GEMM. Correct, but no faster than float32; a
+warning says so once per process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ... import threads
+from ..base import ACTIVATIONS, Backend, check_activation
+from .gemm import PARALLEL_GEMM_WORK
+
+#: m*n*k from which the bf16 kernel runs on all threads (128^3): the float32 kernel's threshold
+#: scaled by the bf16 kernel's 2-4x flops a cycle (an estimate, not measured on a quiet machine;
+#: on the loaded one a parallel region cost up to 20 ms).
+PARALLEL_BF16_WORK = 4 * PARALLEL_GEMM_WORK
+_warned = False
+
+
+def _emulation_warning() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "deepcore: this CPU has no AVX512_BF16 (vdpbf16ps): bf16 GEMMs are emulated "
+            "(operands rounded to bf16, float32 GEMM), correct but no faster than float32",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+class NumbaBf16Mixin(Backend):
+    """gemm_bf16 / linear_bf16 for NumbaBackend."""
+
+    def _bf16_kernels(self) -> Any:
+        """The bf16 kernel module, or None when the CPU lacks AVX512_BF16 (emulated path)."""
+        k = self.__dict__.get("_bf16_k", False)
+        if k is False:
+            mod = importlib.import_module("deepcore.kernels.numba.bf16")
+            k = self.__dict__["_bf16_k"] = mod if mod.has_avx512_bf16() else None
+        return k
+
+    def _bf16_buffer(self, tag: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A packed-operand buffer of `shape` (uint32 words): one per tag, grown to the largest
+        GEMM seen, so a model's many GEMM shapes share three buffers (wide: ~64 MiB each)."""
+        bufs = self.__dict__.setdefault("_bf16_bufs", {})
+        size = int(np.prod(shape))
+        buf = bufs.get(tag)
+        if buf is None or buf.size < size:
+            buf = bufs[tag] = np.empty(size, np.uint32)
+        return buf[:size].reshape(shape)
+
+    def bf16_info(self) -> str:
+        """One line for `deepcore info`: how bf16 GEMMs run here."""
+        if self._bf16_kernels() is None:
+            return "emulated (no AVX512_BF16: operands rounded, float32 GEMM)"
+        return "AVX512_BF16 vdpbf16ps kernel"
+
+    def gemm_bf16(
+        self,
+        a: Any,
+        b: Any,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+        out: Any = None,
+    ) -> Any:
+        """Backend.gemm_bf16 on the vdpbf16ps kernel (float32 accumulation, one fixed summation
+        order per element, independent of the thread count)."""
+        return self._gemm_bf16(a, b, trans_a, trans_b, alpha, beta, out, None)
+
+    def _gemm_bf16(self, a: Any, b: Any, ta: bool, tb: bool, alpha: float, beta: float,
+                   out: Any, fe: Any) -> Any:  # fmt: skip
+        """gemm_bf16 with an optional bias + activation epilogue `fe` (kernels' format); the
+        caller applies `fe` itself when this returns without the kernel (k == 0, emulation)."""
+        if a.dtype != np.float32 or b.dtype != np.float32:
+            return super().gemm_bf16(a, b, ta, tb, alpha, beta, out)  # the one-line error
+        m, n, out = self._gemm_args(a, b, ta, tb, beta, out)
+        k = a.shape[0] if ta else a.shape[1]
+        kern = self._bf16_kernels()
+        ok = isinstance(out, np.ndarray) and out.flags.c_contiguous and k > 0 and m * n > 0
+        if not ok:
+            return super().gemm_bf16(a, b, ta, tb, alpha, beta, out)
+        if kern is None:
+            _emulation_warning()
+            ra, rb = self.round_bf16(a), self.round_bf16(b)
+            return self._matmul(ra, bool(ta), rb, bool(tb), out, alpha, beta)
+        a = np.ascontiguousarray(a)
+        b = np.ascontiguousarray(b)
+        sa, sb, st = kern.packed_shapes(m, n, k)
+        ap = self._bf16_buffer("a", sa)
+        bp = self._bf16_buffer("b", sb)
+        tmp = self._bf16_buffer("t", (st,))
+        nt = threads.get_num_threads()
+        big = nt > 1 and max(ap.size, bp.size) >= kern.PARALLEL_PACK_WORDS
+        pack_a, pack_b = (
+            (kern.pack_a, kern.pack_b) if big else (kern.pack_a_serial, kern.pack_b_serial)
+        )
+        pack_a(a, bool(ta), ap, tmp)  # both read before out is written: out may alias a or b
+        pack_b(b, bool(tb), bp, tmp)
+        ep, no_fe = self._no_epilogues(np.dtype(np.float32))
+        fe = no_fe if fe is None else fe
+        t = np.float32
+        if nt > 1 and m * n * k >= PARALLEL_BF16_WORK:
+            tm, tn = kern.grid(m, n, k, nt)
+            ws = self.scratch("bf16_ws", (tm * tn, kern.workspace_size()), np.float32)
+            kern.gemm_parallel(ap, bp, out, t(alpha), t(beta), ws, tm, tn, ep, fe)
+        else:
+            ws = self.scratch("bf16_ws", (1, kern.workspace_size()), np.float32)
+            kern.gemm_block(ap, bp, out, t(alpha), t(beta), 0, m, 0, n, ws[0], ep, fe)
+        return out
+
+    def linear_bf16(
+        self,
+        x: Any,
+        w: Any,
+        b: Any = None,
+        activation: str = "identity",
+        alpha: float = 0.01,
+        out: Any = None,
+        pre_out: Any = None,
+    ) -> Any:
+        """act(x @ w.T + b) with a bf16 GEMM; bias and activation (float32) run inside the
+        kernel on each row strip of the output while it is in cache."""
+        code = ACTIVATIONS.index(check_activation(activation))
+        fusable = (
+            b is not None
+            and self._bf16_kernels() is not None
+            and isinstance(x, np.ndarray)
+            and x.dtype == np.float32
+            and w.dtype == np.float32
+            and b.dtype == np.float32
+            and b.flags.c_contiguous
+            and b.shape == (w.shape[0],)
+            and x.shape[0] > 0
+            and x.shape[-1] > 0
+        )
+        if not fusable:
+            return super().linear_bf16(x, w, b, activation, alpha, out, pre_out)
+        m, n = x.shape[0], w.shape[0]
+        z = pre_out if pre_out is not None else out
+        if z is None:
+            z = np.empty((m, n), np.float32)
+        dst = out if out is not None else z
+        if not (z.flags.c_contiguous and dst.flags.c_contiguous):
+            return super().linear_bf16(x, w, b, activation, alpha, out, pre_out)
+        fe = (np.int64(code), np.float32(alpha), b, dst.reshape(-1))
+        self._gemm_bf16(x, w, False, True, 1.0, 0.0, z, fe)
+        return dst

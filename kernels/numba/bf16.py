@@ -1,0 +1,361 @@
+"""bfloat16 GEMM: C (float32) = alpha * op(A) @ op(B) + beta * C with A and B rounded to bf16,
+products summed in float32 by AVX512_BF16's `vdpbf16ps` (32 bf16 pairs a zmm, 64 flops).
+
+- packing (once per operand; parallel for large ones): float32 -> bf16 by round to nearest
+  even, two bf16 of consecutive k in one 32-bit word (low half = even k). A becomes rows of k
+  pairs (m x kq words); op(B) becomes NR-wide strips [strip][pair][NR] words, zero-padded, the
+  layout `vdpbf16ps` multiplies lane by lane. A transposed operand is first paired along its
+  rows into a staging buffer, then transposed as 32-bit words, 16 x 16 in registers.
+- micro-kernel: an MR x NR block of C in MR * NV zmm accumulators (6 x 4 = 24, as the float32
+  kernel in micro.py); per k pair it loads NV vectors of B, broadcasts MR words of A and issues
+  24 `vdpbf16ps`. The stores, edges and epilogues are micro.py's.
+- blocking and threads as gemm.py: K blocks of KC pairs, B blocks of NC_STRIPS strips (512 KiB,
+  in L2), threads on disjoint rectangles of C (gemm.choose_grid), so every element of C is
+  summed in one fixed order whatever the thread count.
+
+`vdpbf16ps` treats bf16 subnormals as zero and flushes subnormal results (Intel SDM), so values
+below ~1e-38 differ from a reference that keeps them; nothing else differs but summation order.
+Needs a CPU with AVX512_BF16 (`has_avx512_bf16`); the backend emulates it elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import literally, njit, prange
+from numba.core import cgutils
+
+from ._config import GEMM_OPTS, OPTS
+from .elementwise import bias_act_flat
+from .gemm import choose_grid
+from .micro import MR, _spill, _store, _store_edge, row_offsets
+from .optimizers import update_flat
+from .simd import Vec, _host_cpu, intrinsic, lanes, vbroadcast, vload, vsplat, vtranspose, vzero
+
+#: Vectors per row of the register block (4 zmm = 64 float32 columns), and of the half block.
+NV = 4
+NV_HALF = 2
+#: float32 lanes (and bf16 pairs) per zmm register.
+LANES = 16
+#: Columns of the register block.
+NR = NV * LANES
+#: K block in bf16 pairs (512 k): a B micro-panel (KC x NR words, 64 KiB) streams from L2.
+KC = 256
+#: NR-wide strips per B block: KC x 8 NR words (512 KiB) stays in L2.
+NC_STRIPS = 8
+
+
+def has_avx512_bf16() -> bool:
+    """True when the CPU the kernels compile for has AVX512_BF16 (the `vdpbf16ps` instruction)
+    and LLVM keeps 512-bit vectors whole there."""
+    from .simd import VECTOR_BYTES
+
+    return "+avx512bf16" in _host_cpu()[1].split(",") and VECTOR_BYTES == 64
+
+
+class _BFloat(ir.Type):
+    """LLVM's `bfloat` scalar type (llvmlite.ir has none); only named in a vector type."""
+
+    def _to_string(self) -> str:
+        return "bfloat"
+
+
+_V32BF16 = ir.VectorType(_BFloat(), 32)
+
+
+@intrinsic
+def vdpbf16(typingctx, acc, a, b):  # type: ignore[no-untyped-def]
+    """acc + a.bf16[2i] * b.bf16[2i] + a.bf16[2i+1] * b.bf16[2i+1] in each float32 lane i: one
+    `vdpbf16ps` (llvm.x86.avx512bf16.dpbf16ps.512; LLVM >= 17 takes <32 x bfloat> operands).
+    acc: 16 float32 lanes; a, b: 16 int32 lanes, each two bf16 (low half first)."""
+    if not (isinstance(acc, Vec) and isinstance(a, Vec) and a == b and acc.lanes == a.lanes == 16):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        c, x, y = args
+        fty = ir.FunctionType(c.type, [c.type, _V32BF16, _V32BF16])
+        fn = cgutils.get_or_insert_function(builder.module, fty, "llvm.x86.avx512bf16.dpbf16ps.512")
+        return builder.call(fn, [c, builder.bitcast(x, _V32BF16), builder.bitcast(y, _V32BF16)])
+
+    return acc(acc, a, b), codegen
+
+
+@njit(inline="always", **OPTS)
+def bf16_bits(u):
+    """The bf16 nearest the float32 with bits u (ties to even), as its 16 bits in a uint32:
+    add 0x7FFF plus the lowest kept bit, drop 16 bits. NaNs stay NaN (made quiet)."""
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return (u >> np.uint32(16)) | np.uint32(0x40)
+    return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+
+
+@njit(inline="always", **OPTS)
+def _pair(lo, hi):
+    return bf16_bits(lo) | (bf16_bits(hi) << np.uint32(16))
+
+
+@njit(**OPTS)
+def _pair_along_rows(u, i, out, o, k):
+    """out[o + q] = the bf16 pair (u[i, 2q], u[i, 2q+1]) for q < ceil(k/2) (zero-padded)."""
+    for q in range(k // 2):
+        out[o + q] = _pair(u[i, 2 * q], u[i, 2 * q + 1])
+    if k % 2:
+        out[o + k // 2] = bf16_bits(u[i, k - 1])
+
+
+@njit(**OPTS)
+def _pair_rows(u, q, j0, out, o, n):
+    """out[o + j] = the bf16 pair (u[2q, j0+j], u[2q+1, j0+j]) for j < n (zero past u)."""
+    if 2 * q + 1 < u.shape[0]:
+        for j in range(n):
+            out[o + j] = _pair(u[2 * q, j0 + j], u[2 * q + 1, j0 + j])
+    else:
+        for j in range(n):
+            out[o + j] = bf16_bits(u[2 * q, j0 + j])
+
+
+@njit(**OPTS)
+def _transpose_words(src, r0, r1, cols, dst, d_off, d_ld):
+    """dst[d_off + c*d_ld + (r - r0)] = src[r*cols + c] for r0 <= r < r1, c < cols: 16 x 16
+    blocks through registers (simd.vtranspose), the edges element by element."""
+    L = lanes(src)
+    rl = r0 + (r1 - r0) - (r1 - r0) % L
+    cl = cols - cols % L
+    for r in range(r0, rl, L):
+        for c in range(0, cl, L):
+            vtranspose(src, r * cols + c, cols, dst, d_off + c * d_ld + (r - r0), d_ld)
+        for c in range(cl, cols):
+            for i in range(L):
+                dst[d_off + c * d_ld + r - r0 + i] = src[(r + i) * cols + c]
+    for r in range(rl, r1):
+        for c in range(cols):
+            dst[d_off + c * d_ld + r - r0] = src[r * cols + c]
+
+
+def _pack_a(a, ta, out, tmp):
+    """op(a) (m x k) -> out (m x kq words, kq = ceil(k/2)): out[i, q] = bf16(op(a)[i, 2q]) |
+    bf16(op(a)[i, 2q+1]) << 16, zero for k's odd tail. op(a) = a.T goes through tmp (kq x m
+    words: rows of a paired, then transposed in registers); tmp has >= kq * m words."""
+    m, kq = out.shape
+    u = a.view(np.uint32)
+    of = out.reshape(-1)
+    if not ta:
+        for i in prange(m):
+            _pair_along_rows(u, i, of, i * kq, a.shape[1])
+        return
+    for q in prange(kq):
+        _pair_rows(u, q, 0, tmp, q * m, m)
+    nb = -(-m // 16)
+    for blk in prange(nb):  # out rows blk*16.. = tmp columns: out = tmp.T
+        c0 = blk * 16
+        c1 = min(m, c0 + 16)
+        # rows of out c0:c1 from tmp[:, c0:c1]: transpose tmp's (kq x 16) column block
+        for q0 in range(0, kq, 16):
+            q1 = min(kq, q0 + 16)
+            if q1 - q0 == 16 and c1 - c0 == 16:
+                vtranspose(tmp, q0 * m + c0, m, of, c0 * kq + q0, kq)
+            else:
+                for q in range(q0, q1):
+                    for c in range(c0, c1):
+                        of[c * kq + q] = tmp[q * m + c]
+
+
+def _pack_b(b, tb, out, tmp):
+    """op(b) (k x n) -> out (strips x kq x NR words): out[s, q, j] = bf16(op(b)[2q, s*NR+j]) |
+    bf16(op(b)[2q+1, s*NR+j]) << 16, zero past n and for k's odd tail. op(b) = b.T goes
+    through tmp (n x kq words: rows of b paired, then transposed in registers)."""
+    ns, kq, nr = out.shape
+    n = b.shape[0] if tb else b.shape[1]
+    u = b.view(np.uint32)
+    of = out.reshape(-1)
+    z = np.uint32(0)
+    if not tb:
+        for q in prange(kq):  # rows of b paired into tmp (kq x n): both streams contiguous
+            _pair_rows(u, q, 0, tmp, q * n, n)
+        for q in prange(kq):  # then cut into strips
+            for s in range(ns):
+                j0 = s * nr
+                w = min(nr, n - j0)
+                o = (s * kq + q) * nr
+                for j in range(w):
+                    of[o + j] = tmp[q * n + j0 + j]
+                for j in range(w, nr):
+                    of[o + j] = z
+        return
+    for j in prange(n):
+        _pair_along_rows(u, j, tmp, j * kq, b.shape[1])
+    for s in prange(ns):
+        j0 = s * nr
+        w = min(nr, n - j0)
+        _transpose_words(tmp, j0, j0 + w, kq, of, s * kq * nr, nr)
+        for q in range(kq):
+            for j in range(w, nr):
+                of[(s * kq + q) * nr + j] = z
+
+
+#: The packs on all threads (large operands) and on the calling thread (small ones: a parallel
+#: region costs more than the work, and far more on a loaded machine).
+pack_a = njit(parallel=True, **OPTS)(_pack_a)
+pack_b = njit(parallel=True, **OPTS)(_pack_b)
+pack_a_serial = njit(**OPTS)(_pack_a)
+pack_b_serial = njit(**OPTS)(_pack_b)
+#: Words from which a pack runs on all threads.
+PARALLEL_PACK_WORDS = 1 << 16
+
+
+@njit(**GEMM_OPTS)
+def micro(a, a0, a1, a2, a3, a4, a5, b, bo, kc, c, co, ldc, mr, nr, first, alpha, beta, tmp, nv):
+    """C[tile] (=|+=) alpha * sum_q A[r, q] . B[q, :] over kc pairs (+ beta * C on the first K
+    block): micro.micro's contract with bf16 pairs. A[r, q] is the word a[a_r + q]; B[q, :] the
+    NR words b[bo + q*NR :]; nv = NV or NV_HALF (compile-time)."""
+    nv = literally(nv)
+    L = lanes(c)
+    nr_full = nv * L
+    z = vzero(c)
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = c20 = c21 = c22 = c23 = z
+    c30 = c31 = c32 = c33 = c40 = c41 = c42 = c43 = c50 = c51 = c52 = c53 = z
+    for q in range(kc):
+        o = bo + q * NR
+        b0 = vload(b, o)
+        b1 = vload(b, o + L)
+        if nv == 4:
+            b2 = vload(b, o + 2 * L)
+            b3 = vload(b, o + 3 * L)
+        x = vbroadcast(a, a0 + q)
+        c00 = vdpbf16(c00, x, b0)
+        c01 = vdpbf16(c01, x, b1)
+        if nv == 4:
+            c02 = vdpbf16(c02, x, b2)
+            c03 = vdpbf16(c03, x, b3)
+        x = vbroadcast(a, a1 + q)
+        c10 = vdpbf16(c10, x, b0)
+        c11 = vdpbf16(c11, x, b1)
+        if nv == 4:
+            c12 = vdpbf16(c12, x, b2)
+            c13 = vdpbf16(c13, x, b3)
+        x = vbroadcast(a, a2 + q)
+        c20 = vdpbf16(c20, x, b0)
+        c21 = vdpbf16(c21, x, b1)
+        if nv == 4:
+            c22 = vdpbf16(c22, x, b2)
+            c23 = vdpbf16(c23, x, b3)
+        x = vbroadcast(a, a3 + q)
+        c30 = vdpbf16(c30, x, b0)
+        c31 = vdpbf16(c31, x, b1)
+        if nv == 4:
+            c32 = vdpbf16(c32, x, b2)
+            c33 = vdpbf16(c33, x, b3)
+        x = vbroadcast(a, a4 + q)
+        c40 = vdpbf16(c40, x, b0)
+        c41 = vdpbf16(c41, x, b1)
+        if nv == 4:
+            c42 = vdpbf16(c42, x, b2)
+            c43 = vdpbf16(c43, x, b3)
+        x = vbroadcast(a, a5 + q)
+        c50 = vdpbf16(c50, x, b0)
+        c51 = vdpbf16(c51, x, b1)
+        if nv == 4:
+            c52 = vdpbf16(c52, x, b2)
+            c53 = vdpbf16(c53, x, b3)
+    if nr == nr_full:
+        va = vsplat(c, alpha)
+        vb = vsplat(c, beta)
+        zb = beta == 0
+        _store(c, co, ldc, 0, c00, c01, c02, c03, nv, first, va, vb, zb, L)
+        if mr > 1:
+            _store(c, co, ldc, 1, c10, c11, c12, c13, nv, first, va, vb, zb, L)
+        if mr > 2:
+            _store(c, co, ldc, 2, c20, c21, c22, c23, nv, first, va, vb, zb, L)
+        if mr > 3:
+            _store(c, co, ldc, 3, c30, c31, c32, c33, nv, first, va, vb, zb, L)
+        if mr > 4:
+            _store(c, co, ldc, 4, c40, c41, c42, c43, nv, first, va, vb, zb, L)
+        if mr > 5:
+            _store(c, co, ldc, 5, c50, c51, c52, c53, nv, first, va, vb, zb, L)
+        return
+    _spill(tmp, 0, c00, c01, c02, c03, nv, L)
+    _spill(tmp, nr_full, c10, c11, c12, c13, nv, L)
+    _spill(tmp, 2 * nr_full, c20, c21, c22, c23, nv, L)
+    _spill(tmp, 3 * nr_full, c30, c31, c32, c33, nv, L)
+    _spill(tmp, 4 * nr_full, c40, c41, c42, c43, nv, L)
+    _spill(tmp, 5 * nr_full, c50, c51, c52, c53, nv, L)
+    _store_edge(c, co, ldc, mr, nr, tmp, nr_full, first, alpha, beta)
+
+
+@njit(**GEMM_OPTS)
+def gemm_block(ap, bp, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, tmp, ep, fe):
+    """C[i_lo:i_hi, j_lo:j_hi] from packed operands (pack_a, pack_b) on one thread; j_lo is a
+    multiple of NR. ep (an optimizer update) and fe (bias + activation) as gemm.gemm_block:
+    applied to each row strip once it is final, while it is in cache."""
+    m, n = c.shape
+    kq = ap.shape[1]
+    af = ap.reshape(-1)
+    bf = bp.reshape(-1)
+    cf = c.reshape(-1)
+    half = NV_HALF * LANES
+    ncols = NC_STRIPS * NR
+    nkb = -(-kq // KC)
+    kcs = -(-kq // nkb)
+    for jc in range(j_lo, j_hi, ncols):
+        nc = min(ncols, j_hi - jc)
+        for kb in range(nkb):
+            q0 = kb * kcs
+            kc = min(kcs, kq - q0)
+            first = kb == 0
+            for i0 in range(i_lo, i_hi, MR):
+                mr = min(MR, i_hi - i0)
+                o0, o1, o2, o3, o4, o5 = row_offsets(i0 * kq + q0, kq, mr - 1)
+                for s in range(-(-nc // NR)):
+                    j0 = jc + s * NR
+                    w = min(NR, jc + nc - j0)
+                    bo = (j0 // NR) * kq * NR + q0 * NR
+                    if w > half:
+                        micro(af, o0, o1, o2, o3, o4, o5, bf, bo, kc, cf, i0 * n + j0, n, mr, w,
+                              first, alpha, beta, tmp, NV)  # fmt: skip
+                    else:
+                        micro(af, o0, o1, o2, o3, o4, o5, bf, bo, kc, cf, i0 * n + j0, n, mr, w,
+                              first, alpha, beta, tmp, NV_HALF)  # fmt: skip
+                if ep[0] >= 0 and kb == nkb - 1:
+                    for r in range(mr):
+                        lo = (i0 + r) * n + jc
+                        update_flat(lo, lo + nc, ep[1], cf, ep[2], ep[3], ep[4], ep[0], ep[5],
+                                    ep[6])  # fmt: skip
+                if fe[0] >= 0 and kb == nkb - 1:
+                    bias = fe[2][jc : jc + nc]
+                    for r in range(mr):
+                        lo = (i0 + r) * n + jc
+                        bias_act_flat(cf, fe[3], lo, lo + nc, bias, fe[0], fe[1])
+
+
+@njit(parallel=True, **GEMM_OPTS)
+def gemm_parallel(ap, bp, c, alpha, beta, ws, tm, tn, ep, fe):
+    """gemm_block over a tm x tn grid of C's MR- and NR-aligned rectangles, one per thread."""
+    m, n = c.shape
+    si = -(-m // MR)
+    sj = -(-n // NR)
+    rows = -(-si // tm) * MR
+    cols = -(-sj // tn) * NR
+    for t in prange(tm * tn):
+        i_lo = (t // tn) * rows
+        j_lo = (t % tn) * cols
+        i_hi = min(m, i_lo + rows)
+        j_hi = min(n, j_lo + cols)
+        if i_lo < i_hi and j_lo < j_hi:
+            gemm_block(ap, bp, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws[t], ep, fe)
+
+
+def grid(m: int, n: int, k: int, nthreads: int) -> tuple[int, int]:
+    """(threads along M, threads along N) for this shape (gemm.choose_grid's cost model)."""
+    return choose_grid(m, n, -(-k // 2), nthreads, NR)
+
+
+def packed_shapes(m: int, n: int, k: int) -> tuple[tuple[int, int], tuple[int, int, int], int]:
+    """Shapes of the packed A (m x kq words) and B (strips x kq x NR words), and the words of
+    the transposing packs' staging buffer."""
+    kq = -(-k // 2)
+    return (m, kq), (-(-n // NR), kq, NR), kq * max(m, n)
+
+
+def workspace_size() -> int:
+    """float32 elements of one thread's edge tile."""
+    return MR * NR
