@@ -41,8 +41,8 @@ def openblas_runs_large_gemms(gemm_impl: str, blas: str) -> bool:
         return False
     if gemm_impl == "blas":
         return True
-    from ...bench.machine import cpu_model
     from ...kernels.numba import gemm
+    from ...machine import cpu_model
 
     stored = gemm_choice.expects_jit(gemm_choice.cache_path(), cpu_model(), gemm.kernel_id())
     if stored is not None:
