@@ -238,7 +238,6 @@ def _best_rate(fn: Any, work: int, seconds: float, repeats: int) -> float:
     return max(rates)  # a disturbed run is only ever slower
 
 
-@functools.lru_cache(maxsize=1)
 def measure_fma(seconds: float = 0.03, repeats: int = 5) -> dict[str, float] | None:
     """One core's float32 FMA rate: {'fma_per_s': vector FMAs/s with independent chains,
     'chain_per_s': dependent FMAs/s, 'lanes': float32 lanes per vector}; None without Numba."""
@@ -308,6 +307,11 @@ def gpu_peaks() -> list[dict[str, Any]]:
 def peak() -> dict[str, Any] | None:
     """This machine's peak GFLOP/s (float32, float64, bf16 where supported, 'gpu'), measured once
     a process; None when it cannot be measured (no Numba)."""
+    return peak_sample()
+
+
+def peak_sample() -> dict[str, Any] | None:
+    """A fresh measurement of peak() (under load, take the best of several)."""
     fma = measure_fma()
     if fma is None:
         return None

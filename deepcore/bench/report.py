@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-ANCHOR_ORDER = ("torch-cpu", "torch-cuda", "sklearn", "numpy-loop")
+from .timing import DISTURBED
+
+ANCHOR_ORDER = ("loop", "torch-cpu", "torch-cpu-bf16", "torch-cuda", "jax", "sklearn", "numpy-loop")
 BASE_COLUMNS = (
     "backend",
     "workload",
@@ -20,6 +22,7 @@ BASE_COLUMNS = (
     "warm-up s",
     "GFLOP/s",
     "% gemm",
+    "% peak",
     "peak MB",
 )
 
@@ -31,9 +34,11 @@ def _num(v: Any, fmt: str) -> str:
 
 
 def ratio_anchors(rows: list[dict[str, Any]]) -> list[str]:
-    """Anchors with a ranked row (a ratio column each), in a fixed order."""
+    """Anchors with a ranked row (a ratio column each), in a fixed order; 'loop' when a backend
+    row has its hand-written loop's ratio."""
     ranked = ("ok", "not gated")
     seen = {r["runner"] for r in rows if r.get("kind") == "anchor" and r.get("status") in ranked}
+    seen |= {"loop" for r in rows if "loop" in r.get("ratios", {})}
     return [a for a in ANCHOR_ORDER if a in seen] + sorted(seen - set(ANCHOR_ORDER))
 
 
@@ -46,15 +51,16 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         status = r.get("status", "?")
         failed = status not in ("ok", "not gated")
         line = [
-            r["runner"] + (" *" if r.get("kind") == "anchor" else ""),
+            r["runner"] + (" *" if r.get("kind") in ("anchor", "loop") else ""),
             r["workload"],
             r["optimizer"],
             r["dtype"],
             status,
-            _num(r.get("samples_per_s"), ",.0f"),
+            _num(r.get("samples_per_s"), ",.0f") + (" ~" if r.get("disturbed") else ""),
             _num(r.get("warmup_s"), ".2f"),
             "-" if failed else _num(r.get("gflops"), ".1f"),
             "-" if failed or r.get("gemm_share") is None else f"{100 * r['gemm_share']:.0f}%",
+            "-" if failed or r.get("peak_share") is None else f"{100 * r['peak_share']:.0f}%",
             _num(r.get("peak_mem_mb"), ".0f"),
         ]
         ratios = r.get("ratios", {})
@@ -63,12 +69,13 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     return headers, cells
 
 
-def plain_table(headers: list[str], cells: list[list[str]]) -> str:
-    """Aligned text: names left, numbers right."""
+def plain_table(
+    headers: list[str], cells: list[list[str]], left: frozenset[int] = frozenset(range(5))
+) -> str:
+    """Aligned text: the `left` columns (names) left, the others (numbers) right."""
     widths = [
         max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)
     ]
-    left = {0, 1, 2, 3, 4}
 
     def fmt(items: list[str]) -> str:
         return "  ".join(
@@ -89,9 +96,10 @@ def footnotes(result: dict[str, Any]) -> list[str]:
     samples = result.get("gemm_gflops_samples", [])
     lo = min((min(g.values()) for g in samples), default=0.0)
     notes = [
-        "* anchor. samples/s: median of timed windows after warm-up, the runners of a row "
-        "taking turns window by window; warm-up s: compile + first step; "
-        "GFLOP/s = 6 x params x samples/s.",
+        "* anchor (loop-NAME: deepcore's hand-written loop on backend NAME). samples/s: median of "
+        "timed windows after warm-up, the runners of a row taking turns window by window "
+        f"(~ a window more than {DISTURBED}x off the median: disturbed); warm-up s: compile + "
+        "first step; GFLOP/s = 6 x params x samples/s.",
         f"% gemm: share of the machine's matmul rate at {result['gemm_size']}^3 in this run"
         + (
             " (NumPy's BLAS; -jit: the numba backend's JIT GEMM; -mkl: MKL, which the numba "
@@ -103,8 +111,10 @@ def footnotes(result: dict[str, Any]) -> list[str]:
         f"peak MB: {', '.join(methods) or 'n/a'}, over the row (model, optimizer state, "
         "activations and library workspaces)"
         + ("; torch rows run in their own process and report its peak." if own else "."),
-        "x anchor: this row's samples/s over the anchor's (same workload, optimizer, dtype). "
-        "FAILED rows disagree with the numpy backend's losses and are not ranked.",
+        "x anchor: this row's samples/s over the anchor's (same workload, optimizer, dtype); "
+        "x loop: a backend's row over its own hand-written loop. FAILED rows disagree with the "
+        "numpy backend's losses and are not ranked.",
+        *machine_notes(result),
     ]
     m = result.get("machine", {})
     load, cores = m.get("loadavg_1_5_15"), m.get("cores_usable") or m.get("cores_logical")
@@ -128,6 +138,37 @@ def footnotes(result: dict[str, Any]) -> list[str]:
         if r.get("status") == "error":
             notes.append(f"error: {r['runner']} {r['workload']}: {r.get('error')}")
     return notes + list(result.get("notes", []))
+
+
+def machine_notes(result: dict[str, Any]) -> list[str]:
+    """The peak and its formula, each BLAS library's kernels, and any BLAS warning."""
+    m = result.get("machine", {})
+    out = []
+    peak = result.get("peak_gflops")
+    if peak:
+        bf16 = f", bf16 ~{peak['bf16']:.0f}" if peak.get("bf16") else ""
+        gpu = "".join(f", {g['device']} {g['float32']:.0f}" for g in peak.get("gpu", []))
+        out.append(
+            f"% peak: share of the peak estimate, float32 {peak['float32']:.0f} GFLOP/s, "
+            f"float64 {peak['float64']:.0f}{bf16}{gpu} = {peak['formula']}; the best of "
+            f"{len(result.get('peak_gflops_samples') or [1])} samples, one per row."
+        )
+    else:
+        out.append("% peak: no peak estimate (measuring it needs numba).")
+    blas = m.get("blas") or []
+    if blas:
+        out.append("BLAS: " + "; ".join(_describe_blas(b) for b in blas) + ".")
+    env = m.get("blas_env") or {}
+    if env:
+        out.append("BLAS environment: " + " ".join(f"{k}={v}" for k, v in env.items()))
+    out += list(m.get("blas_warnings") or [])
+    return out
+
+
+def _describe_blas(lib: dict[str, Any]) -> str:
+    from ..machine import describe_blas
+
+    return describe_blas(lib)
 
 
 def render(result: dict[str, Any], stream: IO[str] | None = None) -> None:
