@@ -221,13 +221,41 @@ def write_json(path: str | Path, result: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(clean(result), indent=2, default=str) + "\n")
 
 
+def _short(v: float) -> str:
+    """12,345 -> '12.3k': labels that fit above a bar."""
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def plot_title(result: dict[str, Any]) -> str:
+    """Machine, BLAS kernels and date: what a reader needs to trust (or not) the bars."""
+    m = result.get("machine", {})
+    blas = ", ".join(
+        " ".join(str(b[k]) for k in ("library", "version", "architecture") if b.get(k))
+        for b in m.get("blas") or []
+    )
+    env = " ".join(f"{k}={v}" for k, v in (m.get("blas_env") or {}).items())
+    load = m.get("loadavg_1_5_15")
+    parts = [
+        f"deepcore bench: {m.get('cpu', '?')}, {m.get('cores_usable', '?')} cores",
+        f"BLAS {blas or 'unknown'}" + (f" [{env}]" if env else ""),
+        f"{m.get('date', '')}" + (f", load {load[0]:.1f}" if load else ""),
+    ]
+    return "\n".join(parts)
+
+
 def plot(path: str | Path, result: dict[str, Any]) -> None:
-    """Grouped bars: one group per workload/optimizer/dtype, one bar per runner, log scale."""
+    """Grouped bars: one group per workload/optimizer/dtype, one bar per runner, log scale, the
+    value on each bar; hatched: FAILED the gate; dotted edge and '~': a disturbed window."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+        from matplotlib.ticker import FuncFormatter, LogLocator
     except ImportError:
         raise RuntimeError(
             "--plot needs matplotlib: pip install matplotlib (or 'deepcore[plot]')"
@@ -235,50 +263,56 @@ def plot(path: str | Path, result: dict[str, Any]) -> None:
     rows = [r for r in result["rows"] if r.get("samples_per_s")]
     groups = list(dict.fromkeys((r["workload"], r["optimizer"], r["dtype"]) for r in rows))
     runners = list(dict.fromkeys(r["runner"] for r in rows))
-    width = 0.8 / max(1, len(runners))
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.4 * len(groups) + 4), 4.8), dpi=110)
-    cmap = plt.get_cmap("tab10")
+    width = 0.84 / max(1, len(runners))
+    fig, ax = plt.subplots(figsize=(max(9.0, 0.3 * len(groups) * len(runners) + 4), 5.4), dpi=110)
+    cmap = plt.get_cmap("tab20" if len(runners) > 10 else "tab10")
+    handles: list[Any] = []
     for j, name in enumerate(runners):
-        xs, ys, hatches = [], [], []
+        xs, ys, marks = [], [], []
         for g, key in enumerate(groups):
             for r in rows:
                 if r["runner"] == name and (r["workload"], r["optimizer"], r["dtype"]) == key:
                     xs.append(g + (j - (len(runners) - 1) / 2) * width)
                     ys.append(r["samples_per_s"])
-                    hatches.append(r.get("status") not in ("ok", "not gated"))
-        anchor = any(r["runner"] == name and r.get("kind") == "anchor" for r in rows)
-        bars = ax.bar(
-            xs,
-            ys,
-            width,
-            label=name + (" (anchor)" if anchor else ""),
-            color=cmap(j % 10),
-            edgecolor="black",
-            linewidth=0.4,
-        )
-        for bar, bad in zip(bars, hatches, strict=True):
+                    marks.append((r.get("status") not in ("ok", "not gated"), r.get("disturbed")))
+        kind = next((r.get("kind") for r in rows if r["runner"] == name), "backend")
+        label = name + {"anchor": " (anchor)", "loop": " (hand-written loop)"}.get(kind, "")
+        color = cmap(j % cmap.N)
+        handles.append(Patch(facecolor=color, edgecolor="black", linewidth=0.4, label=label))
+        bars = ax.bar(xs, ys, width, color=color, edgecolor="black", linewidth=0.4)
+        labels = []
+        for bar, (bad, noisy), y in zip(bars, marks, ys, strict=True):
             if bad:
                 bar.set_hatch("xx")
                 bar.set_alpha(0.4)
+            if noisy:
+                bar.set_linestyle(":")
+                bar.set_linewidth(1.2)
+            labels.append(_short(y) + ("~" if noisy else ""))
+        ax.bar_label(bars, labels=labels, rotation=90, fontsize=6.5, padding=2)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2, 5)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _short(v)))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+    top = max((r["samples_per_s"] for r in rows), default=1.0)
+    ax.set_ylim(top=top * 4)  # room for the labels above the tallest bar
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{w}\n{o} {d}" for w, o, d in groups])
-    ax.set_ylabel("training samples / s (log scale)")
-    date = result.get("machine", {}).get("date", "")
-    cpu = result.get("machine", {}).get("cpu", "")
-    ax.set_title(f"deepcore bench: {cpu} ({date})", fontsize=10)
+    ax.set_ylabel("training samples / s (log scale; higher is better)")
+    ax.set_title(plot_title(result), fontsize=9)
     ax.grid(axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False)  # fmt: skip
+    notes = []
     if any(r.get("status") == "FAILED" for r in rows):
-        ax.text(
-            0.99,
-            0.01,
-            "hatched = FAILED the correctness gate",
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom",
-            fontsize=8,
-        )
+        notes.append("hatched = FAILED the correctness gate")
+    if any(r.get("disturbed") for r in rows):
+        notes.append("~ and dotted edge = a timed window far from the median (disturbed)")
+    if notes:
+        ax.text(0.99, 0.99, "\n".join(notes), transform=ax.transAxes, ha="right", va="top",
+                fontsize=7)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
