@@ -154,7 +154,7 @@ def machine_notes(result: dict[str, Any]) -> list[str]:
             f"{len(result.get('peak_gflops_samples') or [1])} samples, one per row."
         )
     else:
-        out.append("% peak: no peak estimate (measuring it needs numba).")
+        out.append("% peak: no peak estimate (--no-peak, or no numba to measure it).")
     blas = m.get("blas") or []
     if blas:
         out.append("BLAS: " + "; ".join(_describe_blas(b) for b in blas) + ".")

@@ -53,6 +53,7 @@ class BenchConfig:
     threads: int | None = None
     lr: float | None = None
     sklearn_compare: bool = True
+    peak: bool = True
 
 
 @dataclass
@@ -278,8 +279,10 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     with contextlib.ExitStack() as stack:
         threads = _threads(cfg, stack, log)
-        log("measuring the peak (FMA throughput of one core) ...")
-        peaks = [_machine.peak_sample()]
+        sample_peak = _machine.peak_sample if cfg.peak else lambda: None
+        if cfg.peak:
+            log("measuring the peak (FMA throughput of one core) ...")
+        peaks = [sample_peak()]
         if peaks[0]:
             log(f"  float32 {peaks[0]['float32']:.0f} GFLOP/s = {peaks[0]['formula']}")
         log(f"threads: {threads}; measuring GEMM rate at {cfg.gemm_size}^3 ...")
@@ -321,7 +324,7 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                 rows.append(row)
                 timed.append((row, m))
             gemm_samples.append(_gemm_rates(cfg))
-            peaks.append(_machine.peak_sample())
+            peaks.append(sample_peak())
             try:
                 time_interleaved([m for _, m in timed], cfg.budget_s, cfg.windows)
             except Exception as exc:
