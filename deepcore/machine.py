@@ -238,9 +238,10 @@ def _best_rate(fn: Any, work: int, seconds: float, repeats: int) -> float:
     return max(rates)  # a disturbed run is only ever slower
 
 
-def measure_fma(seconds: float = 0.03, repeats: int = 5) -> dict[str, float] | None:
+def measure_fma(seconds: float = 0.002, repeats: int = 25) -> dict[str, float] | None:
     """One core's float32 FMA rate: {'fma_per_s': vector FMAs/s with independent chains,
-    'chain_per_s': dependent FMAs/s, 'lanes': float32 lanes per vector}; None without Numba."""
+    'chain_per_s': dependent FMAs/s, 'lanes': float32 lanes per vector}; None without Numba.
+    Many short runs, best kept: on a loaded machine some run between preemptions."""
     try:
         import numpy as np
 
