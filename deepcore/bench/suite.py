@@ -244,8 +244,10 @@ def _relate(rows: list[dict], gemm: dict[str, float], peak: dict[str, Any] | Non
         rate = max((v for k, v in gemm.items() if k == key or k.startswith(key + "-")), default=0)
         r["gemm_share"] = r["gflops"] / rate if rate else None
         r["peak_share"] = None
-        if peak and dev == "cpu" and peak.get(r["dtype"]):
-            r["peak_share"] = r["gflops"] / peak[r["dtype"]]
+        # bf16 autocast rows run their GEMMs in bf16: their share is of the bf16 peak
+        prec = "bf16" if r["runner"].endswith("-bf16") else r["dtype"]
+        if peak and dev == "cpu" and peak.get(prec):
+            r["peak_share"] = r["gflops"] / peak[prec]
         elif peak and dev == "cuda" and peak.get("gpu") and r["dtype"] == "float32":
             r["peak_share"] = r["gflops"] / peak["gpu"][0]["float32"]
     ranked = [r for r in rows if r.get("status") in ("ok", "not gated")]
