@@ -70,3 +70,26 @@ def test_footer_reports_blas_kernels_peak_and_warnings():
     assert "BLAS: openblas 0.3.31 Haswell kernels, 2 threads." in notes
     assert "float32 200 GFLOP/s" in notes and "OPENBLAS_CORETYPE=Haswell" in notes
     assert "\nWARNING: OPENBLAS_CORETYPE=Haswell" in notes
+
+
+def test_relate_shares_and_the_loop_ratio():
+    """% gemm against the fastest rate, % peak against the row's precision (bf16 autocast rows
+    against the bf16 peak), `x loop` a backend over its own hand-written loop, anchors apart."""
+    from deepcore.bench.suite import _relate
+
+    sizes = [10, 20, 5]  # 325 parameters: GFLOP/s = 6 x 325 x samples/s / 1e9
+    rows = [
+        _row("numba", 1e6, sizes=sizes, kind="backend", status="ok"),
+        _row("loop-numba", 5e5, sizes=sizes, kind="loop", status="ok"),
+        _row("torch-cpu-bf16", 2e6, sizes=sizes, kind="anchor", status="ok"),
+        _row("numpy", 1e6, sizes=sizes, kind="backend", status="FAILED"),
+    ]
+    peak = {"float32": 10.0, "float64": 5.0, "bf16": 20.0}
+    _relate(rows, {"cpu-float32": 1.0, "cpu-float32-jit": 3.9, "cpu-float64": 9.0}, peak)
+    numba, loop, bf16, failed = rows
+    assert numba["gflops"] == pytest.approx(1.95)
+    assert numba["gemm_share"] == pytest.approx(1.95 / 3.9)
+    assert numba["peak_share"] == pytest.approx(0.195)
+    assert bf16["peak_share"] == pytest.approx(3.9 / 20.0)
+    assert numba["ratios"] == {"loop": pytest.approx(2.0), "torch-cpu-bf16": pytest.approx(0.5)}
+    assert "loop" not in loop["ratios"] and failed["ratios"] == {}
