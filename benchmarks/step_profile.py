@@ -68,6 +68,7 @@ class Profile:
                 self.bwd.append((d, wt, False, False, arr(m_, k)))
         self.times: dict[str, list[float]] = {p: [] for p in PHASES}
         self.i = 0
+        self.steps = 1  # steps a round (set from a timed warm-up round)
 
     def _clock(self, phase: str, t0: float) -> float:
         self.be.synchronize()
