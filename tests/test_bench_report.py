@@ -1,5 +1,5 @@
 """`deepcore bench`'s reports without running a benchmark: --compare, the disturbed-window mark,
-the table footer's BLAS and peak lines, the plot's title."""
+the table footer's BLAS and peak lines, the plot's title; the step profile script."""
 
 from __future__ import annotations
 
@@ -93,3 +93,26 @@ def test_relate_shares_and_the_loop_ratio():
     assert bf16["peak_share"] == pytest.approx(3.9 / 20.0)
     assert numba["ratios"] == {"loop": pytest.approx(2.0), "torch-cpu-bf16": pytest.approx(0.5)}
     assert "loop" not in loop["ratios"] and failed["ratios"] == {}
+
+
+def test_step_profile_splits_a_step(tmp_path, capsys):
+    """benchmarks/step_profile.py: the step, its GEMMs alone and the layered phases, as a
+    markdown table and JSON whose derived columns add up."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_profile.py"
+    spec = importlib.util.spec_from_file_location("step_profile", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "p.json"
+    argv = ["--backends", "numpy", "--workloads", "small", "--rounds", "2", "--seconds", "0.01"]
+    assert mod.main([*argv, "--json", str(out)]) == 0
+    assert "| backend | workload | step ms | GEMMs ms |" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())
+    assert row["backend"] == "numpy" and row["samples"] >= 2
+    assert row["gemm_ms"] == pytest.approx(row["gemm_fwd_ms"] + row["gemm_bwd_ms"])
+    assert row["fwd_other_ms"] == pytest.approx(row["forward_ms"] - row["gemm_fwd_ms"])
+    assert row["step_minus_gemm_ms"] == pytest.approx(row["step_ms"] - row["gemm_ms"])
+    assert min(row[f"{p}_ms"] for p in mod.PHASES) > 0
