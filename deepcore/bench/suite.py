@@ -315,7 +315,7 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                 except Exception as exc:  # one broken runner must not end the run
                     row.update(status="error", error=f"{type(exc).__name__}: {exc}")
                     rows.append(row)
-                    log(f"  {spec.name:<11} ERROR {row['error']}")
+                    log(f"  {spec.name:<15} ERROR {row['error']}")
                     continue
                 row.update(info)
                 if spec.name == "numpy" and ref is None:
@@ -338,7 +338,7 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                 _finish_row(row, m)
                 flag = "" if row["status"] == "ok" else f"  [{row['status']}]"
                 log(
-                    f"  {row['runner']:<11} {row['samples_per_s']:>12,.0f} samples/s  "
+                    f"  {row['runner']:<15} {row['samples_per_s']:>12,.0f} samples/s  "
                     f"warm-up {row['warmup_s']:.2f}s  gate dev {row['gate_dev']:.1e}{flag}"
                 )
             for _, m in timed:
