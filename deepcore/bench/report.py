@@ -264,7 +264,8 @@ def plot(path: str | Path, result: dict[str, Any]) -> None:
     groups = list(dict.fromkeys((r["workload"], r["optimizer"], r["dtype"]) for r in rows))
     runners = list(dict.fromkeys(r["runner"] for r in rows))
     width = 0.84 / max(1, len(runners))
-    fig, ax = plt.subplots(figsize=(max(9.0, 0.3 * len(groups) * len(runners) + 4), 5.4), dpi=110)
+    bars_n = len(groups) * len(runners)
+    fig, ax = plt.subplots(figsize=(min(16.0, max(9.0, 0.22 * bars_n + 4)), 6.4), dpi=110)
     cmap = plt.get_cmap("tab20" if len(runners) > 10 else "tab10")
     handles: list[Any] = []
     for j, name in enumerate(runners):
@@ -316,3 +317,16 @@ def plot(path: str | Path, result: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The table and footnotes as markdown, for BENCHMARKS.md (`python -m deepcore.bench.report
+    bench.json`)."""
+    headers, cells = table(result["rows"])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    return "\n".join([*lines, "", *footnotes(result)])
+
+
+if __name__ == "__main__":
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
