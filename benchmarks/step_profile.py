@@ -11,7 +11,8 @@ Method. Each round, interleaved across backends, times (synchronized, one clock 
   `opt.zero_grad()` (`update`);
 - the step's GEMMs alone, back to back through `backend.gemm` on the same shapes and transposes
   (forward x @ W.T; backward dW = d.T @ x and dX = d @ W except for the first layer).
-Medians over the rounds. `fwd other` = forward - its GEMMs (bias, activation, Python);
+Medians over the steps (`--stat min`: the least disturbed step of each phase, for a loaded
+machine). `fwd other` = forward - its GEMMs (bias, activation, Python);
 `bwd other` = backward - its GEMMs (activation gradient, bias gradient, Python); `step - GEMMs`
 is all the fused step spends outside the GEMMs. `--json PATH` writes the rows.
 """
@@ -102,8 +103,9 @@ class Profile:
                 be.gemm(a, b, trans_a=ta, trans_b=tb, out=o)
             self._clock("gemm_bwd", t)
 
-    def row(self) -> dict[str, Any]:
-        ms = {p: 1e3 * statistics.median(v) for p, v in self.times.items()}
+    def row(self, stat: str = "median") -> dict[str, Any]:
+        pick = min if stat == "min" else statistics.median
+        ms = {p: 1e3 * pick(v) for p, v in self.times.items()}
         gemm = ms["gemm_fwd"] + ms["gemm_bwd"]
         layered = ms["forward"] + ms["loss"] + ms["backward"] + ms["update"]
         flops = self.workload.flops_per_step
@@ -119,6 +121,7 @@ class Profile:
             "gemm_share": gemm / ms["step"],
             "gemm_gflops": flops / gemm / 1e6,
             "samples": len(self.times["step"]),
+            "stat": stat,
         }
 
 
@@ -155,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median reported)")
     p.add_argument("--seconds", type=float, default=0.3, help="about this long a round")
+    p.add_argument("--stat", default="median", choices=("median", "min"),
+                   help="per phase: the median step, or the fastest (least disturbed)")  # fmt: skip
     p.add_argument("--json", default=None, help="write the rows as JSON")
     args = p.parse_args(argv)
     rows = []
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             for prof in profs:
                 time.sleep(0.2)  # the previous backend's BLAS threads stop spinning
                 prof.round(prof.steps)
-        rows += [prof.row() for prof in profs]
+        rows += [prof.row(args.stat) for prof in profs]
         print(f"{wname}: done", file=sys.stderr)
     print(markdown(rows))
     if args.json:
