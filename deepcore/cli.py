@@ -411,7 +411,7 @@ def cmd_info() -> int:
 
     print(f"deepcore {_version()}  python {platform.python_version()}  numpy {np.__version__}")
     print(f"platform {platform.platform()}  cpus {os.cpu_count()}")
-    print(f"default backend: {dc.backends.current_backend_name()}")
+    print(f"default backend: {dc.backends.current_backend_name()}{_train_pick(dc)}")
     print("backends:")
     for name, av in dc.available_backends().items():
         mark = "available" if av.available else "unavailable"
@@ -429,10 +429,12 @@ def cmd_info() -> int:
     except ImportError:
         pass
     for k, v in facts.items():
-        print(f"{k}: {v}")
+        if not k.startswith("blas"):  # each BLAS library is printed below, kernels included
+            print(f"{k}: {v}")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         if var in os.environ:
             print(f"{var}={os.environ[var]}")
+    _machine_lines()
     for name, av in dc.available_backends().items():
         if av.available and name != "numpy":
             info = dc.get_backend(name).info()
@@ -441,6 +443,39 @@ def cmd_info() -> int:
                 if k != "name" and facts.get(k, object()) != v:
                     print(f"  {k}: {v}")
     return 0
+
+
+def _train_pick(dc: Any) -> str:
+    """What `deepcore train` picks when given no --backend (DEEPCORE_BACKEND, else auto)."""
+    spec = os.environ.get("DEEPCORE_BACKEND") or "auto"
+    try:
+        name = dc.get_backend(spec).name
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: info must always print
+        return f"; `deepcore train` would fail: {_one_line(exc)}"
+    return f"; `deepcore train` picks {name}" + (f" ({spec})" if spec != name else "")
+
+
+def _machine_lines() -> None:
+    """CPU, each BLAS's kernels (and a warning when a variable holds them back), peak FLOP/s."""
+    from . import machine
+
+    print(f"cpu: {machine.cpu_model()}, {machine.physical_cores()} cores, "
+          f"{(machine.cpu_level(machine.cpu_flags()) or 'unknown').upper()}")  # fmt: skip
+    for lib in machine.blas_libraries():
+        print(f"blas library: {machine.describe_blas(lib)}")
+    for var, value in machine.blas_env().items():
+        print(f"{var}={value}")
+    for line in machine.blas_warnings():
+        print(line)
+    peak = machine.peak()
+    if peak is None:
+        print("peak: not measured (needs numba)")
+        return
+    bf16 = f", bf16 ~{peak['bf16']:.0f}" if "bf16" in peak else ""
+    print(f"peak GFLOP/s: float32 {peak['float32']:.0f}, float64 {peak['float64']:.0f}{bf16} "
+          f"= {peak['formula']}")  # fmt: skip
+    for gpu in peak.get("gpu", []):
+        print(f"peak GFLOP/s: {gpu['device']} float32 {gpu['float32']:.0f}")
 
 
 # ---------------------------------------------------------------------- selftest

@@ -18,7 +18,7 @@ from deepcore.bench import report
 from deepcore.bench.suite import gate_check, run_suite
 
 TINY = ["--sizes", "12,16,4", "--batch", "8", "--budget", "0.03", "--windows", "2"]
-FAST = [*TINY, "--gemm-size", "64", "--no-sklearn-compare", "--quiet"]
+FAST = [*TINY, "--gemm-size", "64", "--no-sklearn-compare", "--no-peak", "--quiet"]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -133,12 +133,19 @@ def test_anchors_pass_the_gate_when_installed():
                 "float32,float64",
                 "--gate-steps",
                 "3",
+                "--anchors",
+                "torch,torch-bf16,sklearn,numpy-loop,loop",  # jax: its own test below
             ]
         )
     )
     rows = run_suite(cfg, log=lambda s: None)["rows"]
-    assert {r["runner"] for r in rows} >= {"numpy", "torch-cpu", "sklearn", "numpy-loop"}
+    want = {"numpy", "torch-cpu", "torch-cpu-bf16", "sklearn", "numpy-loop", "loop-numpy"}
+    assert {r["runner"] for r in rows} >= want
     assert all(r["status"] == "ok" for r in rows), [(r["runner"], r.get("gate_dev")) for r in rows]
+    # bf16 autocast rows: float32 only, gated at bf16's tolerance, and not bit-equal to float32
+    bf16 = [r for r in rows if r["runner"] == "torch-cpu-bf16"]
+    assert [r["dtype"] for r in bf16] == ["float32"] and bf16[0]["gate_rtol"] == 3e-2
+    assert bf16[0]["gate_dev"] > 1e-7
 
 
 @pytest.mark.parametrize(
@@ -148,7 +155,7 @@ def test_anchors_pass_the_gate_when_installed():
         (["--backend", "numpyy"], "unknown backend 'numpyy'"),
         (["--dtype", "float16"], "unknown dtype 'float16'"),
         (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
-        (["--anchors", "jax"], "unknown anchor 'jax'"),
+        (["--anchors", "mxnet"], "unknown anchor 'mxnet'"),
         (["--sizes", "10"], "at least two positive integers"),
         (["--sizes", "a,b"], "comma-separated integers"),
         (["--workload", "custom"], "needs --sizes"),
@@ -255,8 +262,8 @@ def test_remote_worker_reports_errors():
     from deepcore.bench.workloads import WORKLOADS, initial_state
 
     w = WORKLOADS["small"]
-    with pytest.raises(RuntimeError, match="no remote runner for 'jax'"):
-        RemoteRunner("jax", w, "sgd", "float32", initial_state(w, "float32", 0), 0.01, 1)
+    with pytest.raises(RuntimeError, match="no remote runner for 'mxnet'"):
+        RemoteRunner("mxnet", w, "sgd", "float32", initial_state(w, "float32", 0), 0.01, 1)
 
 
 def test_bench_never_imports_torch_in_its_own_process():
@@ -268,7 +275,8 @@ def test_bench_never_imports_torch_in_its_own_process():
         "from deepcore import bench\n"
         "from deepcore.bench.suite import run_suite\n"
         "p = argparse.ArgumentParser(); bench.add_arguments(p)\n"
-        f"args = p.parse_args({[*FAST, '--backend', 'numpy', '--optimizer', 'sgd']!r})\n"
+        f"args = p.parse_args({[*FAST, '--backend', 'numpy', '--optimizer', 'sgd']!r}"
+        " + ['--anchors', 'torch'])\n"
         "rows = run_suite(bench.config_from_args(args), log=lambda s: None)['rows']\n"
         "assert any(r['runner'] == 'torch-cpu' and r['status'] == 'ok' for r in rows), rows\n"
         "assert 'torch' not in sys.modules\n"
@@ -290,3 +298,100 @@ def test_gemm_share_uses_the_fastest_blas_measured():
     assert ("cpu-float32-mkl" in gemm) == (not isinstance(_mkl.load(), str))
     (row,) = data["rows"]
     assert row["gemm_share"] == pytest.approx(row["gflops"] / max(gemm.values()))
+
+
+def test_compare_against_an_earlier_run(tmp_path, capsys):
+    old = tmp_path / "old.json"
+    argv = [*FAST, "--backend", "numpy", "--anchors", "none", "--optimizer", "sgd"]
+    assert bench.run(parse([*argv, "--json", str(old)])) == 0
+    capsys.readouterr()
+    assert bench.run(parse([*argv, "--compare", str(old)])) == 0
+    out = capsys.readouterr().out
+    assert f"compared with {old}" in out and "of 1 rows more than 10% slower" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read it"),
+        ("{not json", "not JSON"),
+        ('{"a": 1}', "not a `deepcore bench --json` file"),
+    ],
+)
+def test_bad_compare_file_is_one_line_before_any_work(tmp_path, capsys, content, message):
+    path = tmp_path / "old.json"
+    if content is not None:
+        path.write_text(content)
+    assert bench.run(parse(["--compare", str(path), "--quiet"])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--compare {path}: {message}" in err
+
+
+def test_json_carries_blas_kernels_peak_and_shares(tmp_path):
+    pytest.importorskip("numba")
+    out = tmp_path / "b.json"
+    argv = [a for a in FAST if a != "--no-peak"]
+    code = bench.run(parse([*argv, "--backend", "numpy", "--anchors", "loop", "--optimizer",
+                            "adam", "--json", str(out)]))  # fmt: skip
+    assert code == 0
+    data = json.loads(out.read_text())
+    peak = data["peak_gflops"]
+    assert peak["float32"] > 0 and peak["float64"] == pytest.approx(peak["float32"] / 2)
+    assert len(data["peak_gflops_samples"]) == 2 and "formula" in peak
+    m = data["machine"]
+    assert {"blas", "blas_env", "blas_warnings", "cpu_level", "cores_physical"} <= set(m)
+    assert all({"library", "version", "architecture", "threads"} <= set(b) for b in m["blas"])
+    rows = {r["runner"]: r for r in data["rows"]}
+    assert set(rows) == {"numpy", "loop-numpy"}
+    for r in rows.values():
+        assert r["peak_share"] == pytest.approx(r["gflops"] / peak["float32"])
+        assert isinstance(r["disturbed"], bool)
+    # the backend's row over its own hand-written loop; losses of the loop match the backend's
+    assert rows["numpy"]["ratios"] == {
+        "loop": pytest.approx(rows["numpy"]["samples_per_s"] / rows["loop-numpy"]["samples_per_s"])
+    }
+    assert rows["loop-numpy"]["status"] == "ok" and rows["loop-numpy"]["kind"] == "loop"
+
+
+def test_loop_runner_trains_like_the_trainer():
+    """The hand-written loop (public API) and Trainer.train_step give the same losses."""
+    from deepcore.bench.runners import DeepcoreLoopRunner, DeepcoreRunner
+    from deepcore.bench.workloads import WORKLOADS, initial_state, make_batches
+
+    w = WORKLOADS["small"]
+    state, host = initial_state(w, "float64", 0), make_batches(w, "float64", 0)
+    losses = []
+    for cls in (DeepcoreRunner, DeepcoreLoopRunner):
+        r = cls("numpy", w, "adam", "float64", state, 1e-3)
+        losses.append([r.loss_step(r.put(*host[i])) for i in range(4)])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-12)
+    assert losses[0][3] != losses[0][0]  # it trains
+
+
+def test_jax_anchor_matches_the_numpy_backend():
+    """JAX's jit step (optax, or the jax.numpy update) trains to the numpy backend's losses."""
+    pytest.importorskip("jax")
+    from deepcore.bench.remote import RemoteRunner
+    from deepcore.bench.runners import DeepcoreRunner
+    from deepcore.bench.workloads import WORKLOADS, initial_state, make_batches
+
+    w = WORKLOADS["small"]
+    for opt, lr in (("sgd", 0.01), ("adam", 1e-3)):
+        state, host = initial_state(w, "float64", 0), make_batches(w, "float64", 0)
+        ref = DeepcoreRunner("numpy", w, opt, "float64", state, lr)
+        want = [ref.loss_step(ref.put(*host[i])) for i in range(4)]
+        jx = RemoteRunner("jax", w, opt, "float64", state, lr, 1)
+        try:
+            assert jx.name == "jax" and jx.warmup() > 0
+            batches = [jx.put(x, y) for x, y in host]
+            got = [jx.loss_step(batches[i]) for i in range(4)]
+            assert "jax" in jx.info()
+        finally:
+            jx.close()
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_anchors_none_runs_no_sklearn_comparison():
+    assert bench.config_from_args(parse(["--anchors", "none"])).sklearn_compare is False
+    assert bench.config_from_args(parse(["--anchors", "torch"])).sklearn_compare is False
+    assert bench.config_from_args(parse([])).sklearn_compare is True

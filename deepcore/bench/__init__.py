@@ -4,6 +4,7 @@ scikit-learn and a plain NumPy loop, gated on correctness, measured in one run.
     deepcore bench                                  # small, mnist, wide; sgd+adam; float32
     deepcore bench --backend numpy,numba --workload mnist --dtype float32,float64
     deepcore bench --sizes 784,1024,10 --batch 256 --json out.json --plot out.png
+    deepcore bench --json new.json --compare old.json      # ratios to an earlier run
 
 The CLI calls `add_arguments(parser)` and `run(args)`. Importing this package imports only the
 standard library and NumPy; torch, sklearn, matplotlib and rich load when a run needs them.
@@ -22,7 +23,7 @@ from .workloads import DTYPES, OPTIMIZERS, WORKLOADS, Workload, custom_workload,
 
 __all__ = ["add_arguments", "run", "config_from_args", "BenchError", "ANCHOR_NAMES"]
 
-ANCHOR_NAMES = ("torch", "sklearn", "numpy-loop")
+ANCHOR_NAMES = ("torch", "torch-bf16", "jax", "sklearn", "numpy-loop", "loop")
 
 
 class BenchError(ValueError):
@@ -57,8 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--dtype", "-d", default="float32", help="float32 and/or float64 (comma-separated)")
     p(
         "--anchors",
-        default="torch,sklearn,numpy-loop",
-        help="comparison anchors: torch, sklearn, numpy-loop, or 'none'",
+        default=",".join(ANCHOR_NAMES),
+        help="comparison anchors (default: all): torch, torch-bf16 (autocast), jax, sklearn (and "
+        "its digits comparison), numpy-loop, loop (deepcore's hand-written loop on each "
+        "backend), or 'none'",
     )
     p(
         "--budget",
@@ -87,8 +90,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the scikit-learn comparison (accuracy and fit time on digits)",
     )
+    p(
+        "--no-peak",
+        action="store_true",
+        help="skip measuring the peak FLOP rate (about 0.4 s a row; no %% peak column)",
+    )
     p("--json", metavar="PATH", default=None, help="write rows and machine info as JSON")
     p("--plot", metavar="PATH", default=None, help="write a PNG bar chart (needs matplotlib)")
+    p(
+        "--compare",
+        metavar="OLD.json",
+        default=None,
+        help="print each row's samples/s over the same row of an earlier --json run and flag "
+        "rows more than 10%% slower",
+    )
     p("--quiet", "-q", action="store_true", help="no progress lines on stderr")
 
 
@@ -149,7 +164,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         from dataclasses import replace
 
         workloads = [replace(w, batch=batch) for w in workloads]
-    anchors = _split(get("anchors", "torch,sklearn,numpy-loop"))
+    anchors = _split(get("anchors", ",".join(ANCHOR_NAMES)))
     anchors = [] if anchors == ["none"] else _choose("anchor", anchors, ANCHOR_NAMES)
     for name, v, low in (
         ("--budget", get("budget", 1.5), 0),
@@ -177,7 +192,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         gemm_size=int(get("gemm_size", 1024)),
         threads=get("threads"),
         lr=get("lr"),
-        sklearn_compare=not get("no_sklearn_compare", False),
+        peak=not get("no_peak", False),
+        sklearn_compare="sklearn" in anchors and not get("no_sklearn_compare", False),
     )
 
 
@@ -217,12 +233,13 @@ def _sklearn_compare(cfg: Any, result: dict[str, Any], log: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when every row passed its gate, 1 when one FAILED or errored,
     2 for bad arguments."""
-    from . import report
+    from . import compare, report
     from .suite import run_suite
 
     try:
         cfg = config_from_args(args)
-    except BenchError as exc:
+        old = compare.load_previous(args.compare) if getattr(args, "compare", None) else None
+    except (BenchError, ValueError) as exc:
         print(f"deepcore bench: error: {exc}", file=sys.stderr)
         return 2
     quiet = getattr(args, "quiet", False)
@@ -239,7 +256,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     result = run_suite(cfg, log)
     _sklearn_compare(cfg, result, log)
+    if old is not None:
+        result["compare"] = {
+            "against": str(args.compare),
+            "against_date": old.get("machine", {}).get("date"),
+            "threshold": compare.SLOWER,
+            "gemm_ratio": compare.gemm_ratio(result, old),
+            "rows": compare.compare(result, old),
+        }
     report.render(result)
+    compare.render(result, sys.stdout)
     if getattr(args, "json", None):
         report.write_json(args.json, result)
         log(f"wrote {args.json}")

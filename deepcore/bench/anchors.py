@@ -1,7 +1,9 @@
 """Anchors: what deepcore's speed is compared against in the same run.
 
 - `torch-cpu` / `torch-cuda`: the same MLP in PyTorch, initial weights loaded from our state dict,
-  torch.optim.SGD(momentum=0.9) / Adam, F.cross_entropy.
+  torch.optim.SGD(momentum=0.9) / Adam, F.cross_entropy; `torch-cpu-bf16`: the same with forward
+  and loss under `torch.autocast(dtype=torch.bfloat16)` (float32 weights and updates).
+- `jax`: one jit-compiled step with optax (anchors_jax.py).
 - `sklearn`: scikit-learn's MLPClassifier, one `partial_fit` per batch (its whole per-call cost,
   input validation included, is what a user pays), same weights installed after initialisation.
 - `numpy-loop`: a hand-written NumPy training loop with no framework at all; deepcore's numpy
@@ -24,15 +26,18 @@ import numpy as np
 from .runners import Runner, Skip, optimizer_config
 from .workloads import Workload
 
-ANCHORS = ("torch", "sklearn", "numpy-loop")
+ANCHORS = ("torch", "torch-bf16", "jax", "sklearn", "numpy-loop", "loop")
+#: Loss tolerance of the bf16 autocast rows against the float32 reference (bf16 keeps 8 bits).
+BF16_GATE_RTOL = 3e-2
+_MODULE = {"torch": "torch", "torch-bf16": "torch", "jax": "jax", "sklearn": "sklearn"}
+_PIP = {"torch": "torch", "jax": "jax", "sklearn": "scikit-learn"}
 
 
 def anchor_available(name: str) -> tuple[bool, str]:
     """Whether an anchor's library is installed (without importing it)."""
-    module = {"torch": "torch", "sklearn": "sklearn", "numpy-loop": "numpy"}[name]
+    module = _MODULE.get(name, "numpy")
     if importlib.util.find_spec(module) is None:
-        pip = {"torch": "torch", "sklearn": "scikit-learn"}[name]
-        return False, f"{module} is not installed (pip install {pip})"
+        return False, f"{module} is not installed (pip install {_PIP[module]})"
     return True, ""
 
 
@@ -65,15 +70,25 @@ class TorchRunner(Runner):
         state: dict[str, np.ndarray],
         lr: float,
         device: str = "cpu",
+        bf16: bool = False,
     ) -> None:
         super().__init__(workload, optimizer, dtype, state, lr)
         import torch
 
         if device == "cuda" and not torch.cuda.is_available():
             raise Skip("no CUDA device visible to torch")
+        if bf16 and dtype != "float32":
+            raise Skip("bf16 autocast rows train float32 weights (run with --dtype float32)")
         self.torch = torch
         self.device = "cuda:0" if device == "cuda" else "cpu"
-        self.name = f"torch-{device}"
+        self.name = f"torch-{device}" + ("-bf16" if bf16 else "")
+        self.autocast = (
+            functools.partial(torch.autocast, device_type=device, dtype=torch.bfloat16)
+            if bf16
+            else None
+        )
+        if bf16:
+            self.gate_rtol = BF16_GATE_RTOL
         layers: list[Any] = []
         n = _layer_count(workload)
         for i, (a, b) in enumerate(zip(workload.sizes[:-1], workload.sizes[1:], strict=False)):
@@ -95,7 +110,11 @@ class TorchRunner(Runner):
     def _step(self, batch: Any) -> Any:
         x, y = batch
         self.opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(x), y)
+        if self.autocast is not None:
+            with self.autocast():
+                loss = self.loss_fn(self.model(x), y)
+        else:
+            loss = self.loss_fn(self.model(x), y)
         loss.backward()
         self.opt.step()
         return loss

@@ -10,6 +10,11 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from .. import machine as _machine
+from ..machine import cpu_model
+
+__all__ = ["cpu_model", "machine_info", "blas_pools", "blas_threads", "thread_counts", "versions"]
+
 _PACKAGES = (
     "deepcore",
     "numpy",
@@ -19,22 +24,13 @@ _PACKAGES = (
     "cupy-cuda12x",
     "cupy-cuda13x",
     "threadpoolctl",
+    "jax",
+    "optax",
+    "mkl",
     "matplotlib",
     "rich",
     "psutil",
 )
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str | None]:
@@ -126,7 +122,12 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "loadavg_1_5_15": load,
+        "cpu_level": _machine.cpu_level(_machine.cpu_flags()),
+        "cores_physical": _machine.physical_cores(),
         "threadpools": blas_pools(),
+        "blas": _machine.blas_libraries(),
+        "blas_env": _machine.blas_env(),
+        "blas_warnings": _machine.blas_warnings(),
         "threads": thread_counts(),
         "gpu": gpu_info(),
         "versions": versions(),

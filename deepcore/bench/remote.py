@@ -64,7 +64,7 @@ class RemoteRunner(Runner):
         except BaseException:
             self.close()
             raise
-        self.name, self.device, self.gated, self.gate_note = attrs
+        self.name, self.device, self.gated, self.gate_note, self.gate_rtol = attrs
 
     def _call(self, command: str, *args: Any) -> Any:
         proc = self._proc
@@ -143,7 +143,7 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
                     reply: tuple[str, Any] = ("skip", str(exc))
                 else:
                     attrs = (str(runner.name), str(runner.device), bool(runner.gated),
-                             str(runner.gate_note))  # fmt: skip
+                             str(runner.gate_note), runner.gate_rtol)  # fmt: skip
                     reply = ("ok", attrs)
             elif command == "put":
                 batches.append(runner.put(*args))
@@ -175,6 +175,19 @@ def _make(
 ) -> tuple[Runner, Any]:
     """Import the library, start the memory probe (the import is not the row's memory, as for
     the in-process rows), then build the runner; returns (runner, probe)."""
+    if kind == "jax":
+        if threads == 1 and "XLA_FLAGS" not in os.environ:  # else XLA uses every core
+            os.environ["XLA_FLAGS"] = (
+                "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            )
+        try:
+            import jax  # noqa: F401
+        except ImportError as exc:
+            raise Skip(f"jax is not importable: {exc}") from None
+        from .anchors_jax import JaxRunner
+
+        probe = HostMemory()
+        return JaxRunner(*rargs), probe
     if kind != "torch":
         raise ValueError(f"no remote runner for {kind!r}")
     try:

@@ -29,6 +29,8 @@ class Runner:
     #: False when the losses are not comparable with deepcore's; `gate_note` says why.
     gated = True
     gate_note = ""
+    #: Loss tolerance against the reference when not the dtype's (e.g. bf16 autocast rows).
+    gate_rtol: float | None = None
 
     def __init__(
         self,
@@ -101,11 +103,12 @@ class DeepcoreRunner(Runner):
         self.backend = get_backend(backend_name)
         self.name = self.backend.name
         self.device = self.backend.device
-        model = mlp(list(workload.sizes), "relu", backend=self.backend, dtype=dtype)
-        model.load_state_dict(state)
+        self.model = mlp(list(workload.sizes), "relu", backend=self.backend, dtype=dtype)
+        self.model.load_state_dict(state)
         opt_cls = SGD if optimizer == "sgd" else Adam
-        opt = opt_cls(model.parameters(), **optimizer_config(optimizer, lr))
-        self.trainer = Trainer(model, "cross_entropy", opt)
+        self.opt = opt_cls(self.model.parameters(), **optimizer_config(optimizer, lr))
+        if self.kind == "backend":
+            self.trainer = Trainer(self.model, "cross_entropy", self.opt)
 
     def warmup(self) -> float:
         """Call the backend's `warmup(dtypes)` (JIT compile) when it has one; the reported
@@ -143,3 +146,41 @@ class DeepcoreRunner(Runner):
             return dict(self.backend.info())
         except Exception as exc:  # info is decoration: never let it fail a run
             return {"info_error": f"{type(exc).__name__}: {exc}"}
+
+
+class DeepcoreLoopRunner(DeepcoreRunner):
+    """The training loop a user writes by hand on any backend, through the public API only:
+    `loss_fn(model(x), y)`, `model.backward(loss_fn.backward())`, `opt.step()`,
+    `opt.zero_grad()`. Named `loop-BACKEND`; the backend's row over it is what `Trainer.train_step`
+    adds."""
+
+    kind = "loop"
+
+    def __init__(
+        self,
+        backend_name: str,
+        workload: Workload,
+        optimizer: str,
+        dtype: str,
+        state: dict[str, np.ndarray],
+        lr: float,
+    ) -> None:
+        super().__init__(backend_name, workload, optimizer, dtype, state, lr)
+        from ..nn import CrossEntropyLoss
+
+        self.name = f"loop-{self.backend.name}"
+        self.loss_fn = CrossEntropyLoss()
+
+    def _step(self, batch: Any) -> Any:
+        x, y = batch
+        loss = self.loss_fn(self.model(x), y)
+        self.model.backward(self.loss_fn.backward())
+        self.opt.step()
+        self.opt.zero_grad()
+        return loss
+
+    def step(self, batch: Any) -> None:
+        self._step(batch)
+
+    def loss_step(self, batch: Any) -> float:
+        return float(self.backend.to_host(self._step(batch)))

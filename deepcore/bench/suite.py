@@ -16,14 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import machine as _machine
 from . import anchors as anc
 from .machine import blas_threads, machine_info, thread_counts
 from .remote import RemoteRunner
-from .runners import DeepcoreRunner, Runner, Skip
+from .runners import DeepcoreLoopRunner, DeepcoreRunner, Runner, Skip
 from .timing import (
     CupyPoolMemory,
     HostMemory,
     TorchCudaMemory,
+    disturbed,
     gemm_rate,
     prepare,
     time_interleaved,
@@ -51,6 +53,7 @@ class BenchConfig:
     threads: int | None = None
     lr: float | None = None
     sklearn_compare: bool = True
+    peak: bool = True
 
 
 @dataclass
@@ -61,12 +64,15 @@ class Spec:
     memory: Callable[[], Any]
 
 
-def gate_check(losses: list[float], ref: list[float], dtype: str) -> tuple[bool, float]:
-    """(passed, largest relative deviation) of a runner's gate losses from the reference's."""
+def gate_check(
+    losses: list[float], ref: list[float], dtype: str, rtol: float | None = None
+) -> tuple[bool, float]:
+    """(passed, largest relative deviation) of a runner's gate losses from the reference's;
+    `rtol` replaces the dtype's tolerance (bf16 autocast rows)."""
     if len(losses) != len(ref) or not all(math.isfinite(v) for v in losses):
         return False, math.inf
     dev = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(losses, ref, strict=True))
-    return dev <= GATE_RTOL[dtype], dev
+    return dev <= (rtol or GATE_RTOL[dtype]), dev
 
 
 def _specs(
@@ -79,6 +85,9 @@ def _specs(
     for name in sorted(cfg.backends, key=lambda n: n != "numpy"):
         mem = CupyPoolMemory if name.startswith("cupy") else HostMemory
         specs.append(Spec(name, "backend", lambda n=name: DeepcoreRunner(n, *args), mem))
+        if "loop" in cfg.anchors:
+            loop = lambda n=name: DeepcoreLoopRunner(n, *args)  # noqa: E731
+            specs.append(Spec(f"loop-{name}", "loop", loop, mem))
     if "torch" in cfg.anchors:
         specs.append(
             Spec("torch-cpu", "anchor", lambda: RemoteRunner("torch", *args, threads), HostMemory)
@@ -92,6 +101,11 @@ def _specs(
                     TorchCudaMemory,
                 )
             )
+    if "torch-bf16" in cfg.anchors and dtype == "float32":
+        bf16 = lambda: RemoteRunner("torch", *args, threads, bf16=True)  # noqa: E731
+        specs.append(Spec("torch-cpu-bf16", "anchor", bf16, HostMemory))
+    if "jax" in cfg.anchors:
+        specs.append(Spec("jax", "anchor", lambda: RemoteRunner("jax", *args, threads), HostMemory))
     if "sklearn" in cfg.anchors:
         specs.append(Spec("sklearn", "anchor", lambda: anc.SklearnRunner(*args), HostMemory))
     if "numpy-loop" in cfg.anchors:
@@ -130,6 +144,7 @@ def _prepare_spec(spec: Spec, w: Workload, batches: list, gate_steps: int) -> tu
     row = {
         "device": runner.device,
         "gated": runner.gated,
+        "gate_rtol": runner.gate_rtol,
         "gate_note": runner.gate_note,
         "losses": m.losses,
         "warmup_s": m.warmup_s,
@@ -150,6 +165,7 @@ def _finish_row(row: dict, m: Any) -> None:
         window_rates=rates,
         steps_per_window=m.steps_per_window,
         spread=(max(rates) - min(rates)) / m.samples_per_s,
+        disturbed=disturbed(rates, m.samples_per_s),
     )
 
 
@@ -215,8 +231,9 @@ def _gemm_rates(cfg: BenchConfig) -> dict[str, float]:
     return rates
 
 
-def _relate(rows: list[dict], gemm: dict[str, float]) -> None:
-    """GFLOP/s, share of the GEMM rate, and each row's speed ratio to every anchor."""
+def _relate(rows: list[dict], gemm: dict[str, float], peak: dict[str, Any] | None) -> None:
+    """GFLOP/s, shares of the GEMM rate and of the peak, each row's speed ratio to every anchor
+    and a backend row's ratio to its own hand-written loop ('loop')."""
     for r in rows:
         if "samples_per_s" not in r:
             continue
@@ -226,6 +243,13 @@ def _relate(rows: list[dict], gemm: dict[str, float]) -> None:
         key = f"{dev}-{r['dtype']}"  # the machine's rate: the fastest BLAS measured here
         rate = max((v for k, v in gemm.items() if k == key or k.startswith(key + "-")), default=0)
         r["gemm_share"] = r["gflops"] / rate if rate else None
+        r["peak_share"] = None
+        # bf16 autocast rows run their GEMMs in bf16: their share is of the bf16 peak
+        prec = "bf16" if r["runner"].endswith("-bf16") else r["dtype"]
+        if peak and dev == "cpu" and peak.get(prec):
+            r["peak_share"] = r["gflops"] / peak[prec]
+        elif peak and dev == "cuda" and peak.get("gpu") and r["dtype"] == "float32":
+            r["peak_share"] = r["gflops"] / peak["gpu"][0]["float32"]
     ranked = [r for r in rows if r.get("status") in ("ok", "not gated")]
     for r in rows:
         r["ratios"] = {}
@@ -239,6 +263,8 @@ def _relate(rows: list[dict], gemm: dict[str, float]) -> None:
             )
             if a["kind"] == "anchor" and same and a is not r:
                 r["ratios"][a["runner"]] = r["samples_per_s"] / a["samples_per_s"]
+            if r["kind"] == "backend" and same and a["runner"] == "loop-" + r["runner"]:
+                r["ratios"]["loop"] = r["samples_per_s"] / a["samples_per_s"]
 
 
 def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
@@ -255,6 +281,12 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     with contextlib.ExitStack() as stack:
         threads = _threads(cfg, stack, log)
+        sample_peak = _machine.peak_sample if cfg.peak else lambda: None
+        if cfg.peak:
+            log("measuring the peak (FMA throughput of one core) ...")
+        peaks = [sample_peak()]
+        if peaks[0]:
+            log(f"  float32 {peaks[0]['float32']:.0f} GFLOP/s = {peaks[0]['formula']}")
         log(f"threads: {threads}; measuring GEMM rate at {cfg.gemm_size}^3 ...")
         gemm_samples = [_gemm_rates(cfg)]
         log("  " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in gemm_samples[0].items()))
@@ -283,17 +315,18 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                 except Exception as exc:  # one broken runner must not end the run
                     row.update(status="error", error=f"{type(exc).__name__}: {exc}")
                     rows.append(row)
-                    log(f"  {spec.name:<11} ERROR {row['error']}")
+                    log(f"  {spec.name:<15} ERROR {row['error']}")
                     continue
                 row.update(info)
                 if spec.name == "numpy" and ref is None:
                     ref = row["losses"]
-                ok, dev = gate_check(row["losses"], ref, dtype)
+                ok, dev = gate_check(row["losses"], ref, dtype, row.get("gate_rtol"))
                 row["gate_dev"] = dev
                 row["status"] = ("ok" if ok else "FAILED") if row["gated"] else "not gated"
                 rows.append(row)
                 timed.append((row, m))
             gemm_samples.append(_gemm_rates(cfg))
+            peaks.append(sample_peak())
             try:
                 time_interleaved([m for _, m in timed], cfg.budget_s, cfg.windows)
             except Exception as exc:
@@ -305,7 +338,7 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                 _finish_row(row, m)
                 flag = "" if row["status"] == "ok" else f"  [{row['status']}]"
                 log(
-                    f"  {row['runner']:<11} {row['samples_per_s']:>12,.0f} samples/s  "
+                    f"  {row['runner']:<15} {row['samples_per_s']:>12,.0f} samples/s  "
                     f"warm-up {row['warmup_s']:.2f}s  gate dev {row['gate_dev']:.1e}{flag}"
                 )
             for _, m in timed:
@@ -319,7 +352,8 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
             notes.append(f"numba backend GEMMs: {get_backend('numba').gemm_info()}")
         # The machine's rate is the best of all samples: under load, the least disturbed one.
         gemm = {k: max(g[k] for g in gemm_samples) for k in gemm_samples[0]}
-        _relate(rows, gemm)
+        peak = max((p for p in peaks if p), key=lambda p: p["float32"], default=None)
+        _relate(rows, gemm, peak)
         machine = machine_info()
         machine["threads"] = thread_counts()
         if "torch" in cfg.anchors:
@@ -331,6 +365,8 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
         "gemm_gflops": gemm,
         "gemm_gflops_samples": gemm_samples,
         "gemm_size": cfg.gemm_size,
+        "peak_gflops": peak,
+        "peak_gflops_samples": [p["float32"] if p else None for p in peaks],
         "notes": notes,
         "config": {
             "workloads": [w.describe() for w in cfg.workloads],

@@ -187,6 +187,15 @@ def window(m: Measurement, settle_s: float = SETTLE_S) -> None:
     m.window_rates.append(m.steps_per_window * m.batch / dt)
 
 
+#: A window whose rate is this far from the row's median (either way) marks the row disturbed.
+DISTURBED = 1.5
+
+
+def disturbed(rates: list[float], median: float) -> bool:
+    """Whether a window ran far from the median (the VM stalled, or another process ran)."""
+    return any(r * DISTURBED < median or r > DISTURBED * median for r in rates)
+
+
 def time_interleaved(ms: list[Measurement], budget_s: float, windows: int) -> None:
     """Time every runner of a row in turns, one window each per round, so a change in the
     machine's load during the row hits all of them alike; throughput is each one's median."""

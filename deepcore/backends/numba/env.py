@@ -43,7 +43,7 @@ def openblas_runs_large_gemms(gemm_impl: str, blas: str) -> bool:
 
     if gemm_impl == "blas" or not simd.HAS_FMA:  # without FMA, auto runs GEMMs on BLAS
         return True
-    from ...bench.machine import cpu_model
+    from ...machine import cpu_model
 
     stored = gemm_choice.expects_jit(gemm_choice.cache_path(), cpu_model(), gemm.kernel_id())
     if stored is not None:

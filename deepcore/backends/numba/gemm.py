@@ -69,19 +69,13 @@ class NumbaGemmMixin(Backend):
         return mkl
 
     def _blas_name(self) -> str:
+        """The BLAS the GEMMs may run on: library, version and kernel architecture."""
+        from ...machine import numpy_blas
+
+        lib = numpy_blas()
+        own = f"{lib['library']} {lib['version']} {lib['architecture']}" if lib else "numpy's BLAS"
         mkl = self._mkl()
-        if mkl is not None:
-            return f"{mkl.version} (numpy's BLAS up to 64^3)"
-        try:
-            from threadpoolctl import threadpool_info
-        except ImportError:
-            return "numpy's BLAS"
-        pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
-        pools = [p for p in pools if p.get("internal_api") != "mkl"] or pools  # NumPy's own
-        if not pools:
-            return "numpy's BLAS"
-        p = pools[0]
-        return f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')}"
+        return f"{mkl.version} ({own} up to 64^3)" if mkl is not None else own
 
     def _gemm_key(self, dt: np.dtype, nthreads: int | None = None) -> tuple[str, Any, int]:
         n = threads.get_num_threads() if nthreads is None else nthreads
@@ -98,7 +92,7 @@ class NumbaGemmMixin(Backend):
         if found is not None:
             return found
         from ... import __version__
-        from ...bench.machine import cpu_model
+        from ...machine import blas_env_key, cpu_model
 
         file_key = gemm_choice.machine_key(
             cpu_model(),
@@ -107,6 +101,7 @@ class NumbaGemmMixin(Backend):
             threads.get_num_threads(),
             dt.name,
             __version__,
+            blas_env_key(),
         )
         path = gemm_choice.cache_path()
         found = gemm_choice.load(path, file_key)

@@ -5,7 +5,8 @@ A GEMM's work m*n*k puts it in one of two classes: `small` (<= 64^3: OpenBLAS ru
 there and call overhead decides) and `large`. For each class the JIT kernel and BLAS are timed on
 one probe shape, through the very calls the backend makes, in alternating rounds; the faster
 wins. The choices are kept in a JSON file in the user's cache directory, keyed by everything that
-can change them (CPU, vector width, BLAS, thread count, dtype, deepcore version), so later runs on
+can change them (CPU, vector width, BLAS library, version and kernel architecture, the variables
+that force BLAS kernels, thread count, dtype, deepcore version), so later runs on
 this machine reuse them without measuring and the same seed gives the same bits run to run.
 Delete the file (`deepcore info` prints its path) to measure again.
 """
@@ -71,9 +72,15 @@ def cache_path() -> Path | None:
     return path / _FILE
 
 
-def machine_key(cpu: str, kernel: str, blas: str, threads: int, dtype: str, version: str) -> str:
-    """The file's key for one configuration (long fields hashed to keep it readable)."""
+def machine_key(
+    cpu: str, kernel: str, blas: str, threads: int, dtype: str, version: str, env: str = ""
+) -> str:
+    """The file's key for one configuration (long fields hashed to keep it readable). `blas`
+    names the library, version and kernel architecture; `env` the set BLAS kernel variables
+    (deepcore.machine.blas_env_key), so a choice measured under one kernel is not reused under
+    another."""
     digest = _kernel_digest(kernel)
+    blas = f"{blas} [{env}]" if env else blas
     return f"deepcore {version} | {cpu} | kernel {digest} | {blas} | {threads} threads | {dtype}"
 
 
