@@ -317,7 +317,7 @@ def _checkpoint_callback(path: str) -> Any:
 
 def _resume(args: argparse.Namespace, backend: Any) -> Any:
     try:
-        from .io import load_trainer
+        from .train import load_trainer
     except ImportError as exc:
         raise UsageError(f"--resume needs deepcore.io: {exc}") from None
     return load_trainer(args.resume, backend=backend)

@@ -1,0 +1,40 @@
+"""Helpers for checkpoint tests: read a file's raw parts and write edited ones back, with fresh
+checksums (re-signed: only the value checks stand between them and a load) or without."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepcore import _checkpoint_format as fmt
+
+
+def raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and string metadata of a checkpoint, with no checks (safetensors reads it)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="np") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+        meta = dict(f.metadata())
+    return tensors, meta
+
+
+def rewrite(
+    path: Path,
+    edit: Callable[[dict[str, np.ndarray], dict[str, Any]], None],
+    out: Path | None = None,
+) -> Path:
+    """Apply `edit(tensors, info)` (info: metadata with JSON fields decoded) and write the
+    result, re-signed, to `out` (default: over `path`)."""
+    tensors, meta = raw(path)
+    plain = ("format", "format_version", "deepcore_version", fmt.CHECKSUM)
+    info = {k: (v if k in plain else json.loads(v)) for k, v in meta.items()}
+    edit(tensors, info)
+    strings = {k: (v if k in plain else json.dumps(v)) for k, v in info.items()}
+    target = out or path
+    target.write_bytes(fmt.encode(tensors, strings))
+    return target
