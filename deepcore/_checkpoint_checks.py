@@ -49,6 +49,25 @@ _SCHEDULERS: dict[str, dict[str, tuple[str, float, float]]] = {
 _LOSSES = ("CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss")
 
 
+def _size(v: Any) -> bool:
+    return _is_int(v) and 1 <= v <= _MAX_INT
+
+
+#: every module `deepcore.nn.build` makes, with the fields of its config and their checks
+_LAYERS: dict[str, dict[str, Any]] = {
+    "Linear": {"in_features": _size, "out_features": _size, "bias": lambda v: isinstance(v, bool)},
+    "Identity": {},
+    "ReLU": {},
+    "Sigmoid": {},
+    "Tanh": {},
+    "LeakyReLU": {"negative_slope": lambda v: _is_real(v) and v > 0},
+    "GELU": {"approximate": lambda v: v in ("none", "tanh")},
+    "Softmax": {"dim": lambda v: _is_int(v) and v in (-1, 1)},
+    "Threshold": {"threshold": lambda v: _is_real(v)},
+    "Dropout": {"p": lambda v: _is_real(v) and 0 <= v <= 1},
+}
+
+
 @dataclass
 class Checked:
     """The validated contents of a checkpoint, ready to build from or load into objects."""
@@ -128,8 +147,6 @@ def _generator_state(fail: _Fail, where: str, state: Any) -> dict[str, Any] | No
 def expected_parameters(fail: _Fail, config: Any) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes the module described by `config` would have, without
     building it (so a forged config cannot make us allocate)."""
-    from .nn import _BUILDABLE
-
     out: dict[str, tuple[int, ...]] = {}
 
     def walk(cfg: Any, prefix: str, depth: int) -> None:
@@ -146,26 +163,22 @@ def expected_parameters(fail: _Fail, config: Any) -> dict[str, tuple[int, ...]]:
             for i, sub in enumerate(layers):
                 walk(sub, f"{prefix}.{i}" if prefix else str(i), depth + 1)
             return
-        if kind not in _BUILDABLE:
+        if kind not in _LAYERS:
             fail(where, f"unknown module type {kind!r}")
-        params = inspect.signature(_BUILDABLE[kind]).parameters
-        unknown = [k for k in cfg if k != "type" and (k not in params or k in ("backend", "dtype"))]
-        if unknown:
-            fail(where, f"unknown field {unknown[0]!r} for {kind}")
+        fields = _LAYERS[kind]
+        if set(cfg) - {"type"} != set(fields):
+            fail(
+                where,
+                f"a {kind} is described by {sorted(fields)}, got {sorted(set(cfg) - {'type'})}",
+            )
+        for key, ok in fields.items():
+            if not ok(cfg[key]):
+                fail(f"{where}.{key}", f"bad value {cfg[key]!r} for a {kind}")
         if kind == "Linear":
-            n_in = _count(fail, f"{where}.in_features", cfg.get("in_features"), 1)
-            n_out = _count(fail, f"{where}.out_features", cfg.get("out_features"), 1)
-            bias = cfg.get("bias", True)
-            if not isinstance(bias, bool):
-                fail(f"{where}.bias", f"must be true or false, got {bias!r}")
             name = f"{prefix}." if prefix else ""
-            out[f"{name}weight"] = (n_out, n_in)
-            if bias:
-                out[f"{name}bias"] = (n_out,)
-        for key, value in cfg.items():
-            if key not in ("type", "in_features", "out_features", "bias"):
-                if not (isinstance(value, str) and len(value) < 64) and not _is_real(value):
-                    fail(f"{where}.{key}", f"bad value {value!r}")
+            out[f"{name}weight"] = (cfg["out_features"], cfg["in_features"])
+            if cfg["bias"]:
+                out[f"{name}bias"] = (cfg["out_features"],)
 
     walk(config, "", 0)
     return out
@@ -261,7 +274,7 @@ def _check_optimizer(
         fail("metadata field 'optimizer'", "must hold class, param_names, param_groups, scalars")
     name = opt["class"]
     cls = getattr(optim, name, None) if isinstance(name, str) else None
-    if name not in _STATE or not isinstance(cls, type):
+    if not isinstance(name, str) or name not in _STATE or not isinstance(cls, type):
         fail("optimizer.class", f"unknown optimizer class {name!r}")
     names = opt["param_names"]
     if (
@@ -331,7 +344,7 @@ def _check_scheduler(fail: _Fail, sched: Any, n_groups: int) -> dict[str, Any]:
     if not isinstance(sched, dict) or set(sched) != {"class", "state"}:
         fail("metadata field 'scheduler'", "must hold class and state")
     name, state = sched["class"], sched["state"]
-    if name not in _SCHEDULERS:
+    if not isinstance(name, str) or name not in _SCHEDULERS:
         fail("scheduler.class", f"unknown scheduler class {name!r}")
     own = _SCHEDULERS[name]
     if not isinstance(state, dict) or set(state) != {"base_lrs", "last_epoch", *own}:

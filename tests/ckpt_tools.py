@@ -36,5 +36,6 @@ def rewrite(
     edit(tensors, info)
     strings = {k: (v if k in plain else json.dumps(v)) for k, v in info.items()}
     target = out or path
+    target.unlink(missing_ok=True)  # a new file: rewriting one in place can cost an ext4 flush
     target.write_bytes(fmt.encode(tensors, strings))
     return target
