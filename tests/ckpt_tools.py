@@ -31,7 +31,7 @@ def rewrite(
     """Apply `edit(tensors, info)` (info: metadata with JSON fields decoded) and write the
     result, re-signed, to `out` (default: over `path`)."""
     tensors, meta = raw(path)
-    plain = ("format", "format_version", "deepcore_version", fmt.CHECKSUM)
+    plain = ("format", "format_version", "deepcore_version", getattr(fmt, "CHECKSUM", "checksum"))
     info = {k: (v if k in plain else json.loads(v)) for k, v in meta.items()}
     edit(tensors, info)
     strings = {k: (v if k in plain else json.dumps(v)) for k, v in info.items()}
