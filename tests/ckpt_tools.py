@@ -39,3 +39,31 @@ def rewrite(
     target.unlink(missing_ok=True)  # a new file: rewriting one in place can cost an ext4 flush
     target.write_bytes(fmt.encode(tensors, strings))
     return target
+
+
+def save_forever(path: str, seed: int) -> None:
+    """What `deepcore train --save PATH` (or `--resume PATH`) does, with a model big enough
+    that most of the time goes into saving: resume from PATH if it is there, then train one
+    tiny batch per epoch and checkpoint after every epoch, until killed."""
+    import deepcore as dc
+    from deepcore.io import CheckpointEveryEpoch
+    from deepcore.train import Trainer, load_trainer
+
+    try:  # tiny GEMMs: BLAS threads would only slow a loaded machine down
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((16, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 16)
+    target = Path(path)
+    if target.exists():
+        trainer = load_trainer(target, backend="numpy")
+    else:
+        dc.seed(seed)
+        model = dc.nn.mlp([64, 256, 256, 10], backend="numpy")  # 85k weights, 1 MB saved
+        trainer = Trainer(model, "cross_entropy", "adam", seed=seed)
+    trainer.fit((X, y), epochs=10**6, batch_size=16, progress=False,
+                callbacks=[CheckpointEveryEpoch(target)])  # fmt: skip
