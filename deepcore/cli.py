@@ -200,7 +200,8 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, Any]:
         kw["data_dir"] = args.data_dir
     elif args.dataset in ("csv", "npz"):
         if not args.path:
-            raise UsageError(f"--dataset {args.dataset} needs --path FILE (and --label COLUMN)")
+            label = "--label COLUMN" if args.dataset == "csv" else "arrays X and y, or --label"
+            raise UsageError(f"--dataset {args.dataset} needs --path FILE ({label})")
         kw["path"] = args.path
         label = (
             args.label if args.label is not None else ("label" if args.dataset == "csv" else None)
