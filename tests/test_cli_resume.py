@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 import deepcore as dc
+from deepcore import _atomic
 from deepcore import _checkpoint_format as fmt
-from deepcore.cli import _warmup, main
+from deepcore.cli import main
+from deepcore.cli_train import _warmup
 
 _FAST = ["train", "--backend", "numpy", "--quiet", "--dataset", "moons", "--hidden", "8"]
 
@@ -33,7 +35,7 @@ def test_ctrl_c_during_a_save_reports_what_is_on_disk(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "run.safetensors"
-    real, calls = fmt._write_all, {"saves": 0}
+    real, calls = _atomic._write_all, {"saves": 0}
 
     def interrupt_second_save(f, data) -> None:  # noqa: ANN001
         if len(data) and bytes(data[8:9]) == b"{":  # the header: a save begins
@@ -43,7 +45,7 @@ def test_ctrl_c_during_a_save_reports_what_is_on_disk(
             raise KeyboardInterrupt
         real(f, data)
 
-    monkeypatch.setattr(fmt, "_write_all", interrupt_second_save)
+    monkeypatch.setattr(_atomic, "_write_all", interrupt_second_save)
     code, _, err = _run(capsys, "--epochs", "5", "--save", str(path))
     assert code == 130
     assert f"interrupted; {path} holds epoch 1" in err, err
