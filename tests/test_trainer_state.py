@@ -1,0 +1,51 @@
+"""Trainer.state_dict / load_state_dict: the Trainer owns its state, and checkpoint code uses it
+without importing deepcore.train (arrows point down: train -> io)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+import deepcore as dc
+from deepcore.train import Trainer
+
+_DATA = dc.data.make_blobs(n_samples=64, n_features=5, n_classes=3, seed=0)
+
+
+def _trainer(seed: int) -> Trainer:
+    dc.seed(seed)
+    model = dc.nn.mlp([5, 8, 3], dropout=0.1)
+    opt = dc.optim.Adam(model.parameters(), lr=1e-2)
+    sched = dc.optim.StepLR(opt, step_size=1, gamma=0.7)
+    return Trainer(model, "cross_entropy", opt, scheduler=sched, seed=seed)
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    a = _trainer(0)
+    a.fit(_DATA, epochs=2, batch_size=16, progress=False)
+    b = _trainer(5)  # other weights, other generator
+    b.load_state_dict(a.state_dict())
+    assert (b.epoch, b.step) == (a.epoch, a.step) and b.history.epochs == a.history.epochs
+    dc.seed(9)
+    a.fit(_DATA, epochs=1, batch_size=16, progress=False)
+    dc.seed(9)
+    b.fit(_DATA, epochs=1, batch_size=16, progress=False)
+    timing = ("seconds", "samples_per_second")
+    last_a = {k: v for k, v in a.history.last.items() if k not in timing}
+    assert last_a == {k: v for k, v in b.history.last.items() if k not in timing}
+    for name, value in a.model.state_dict().items():
+        assert np.array_equal(b.model.state_dict()[name], value), name
+
+
+def test_state_dict_without_arrays_leaves_them_out() -> None:
+    state = _trainer(0).state_dict(arrays=False)
+    assert "model" not in state and "optimizer" not in state
+    assert {"epoch", "step", "rng", "history", "loss", "clip_grad_norm", "scheduler"} <= set(state)
+
+
+def test_io_does_not_import_train() -> None:
+    code = "import sys, deepcore.io; print('deepcore.train' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
