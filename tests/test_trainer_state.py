@@ -49,3 +49,32 @@ def test_io_does_not_import_train() -> None:
     code = "import sys, deepcore.io; print('deepcore.train' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_custom_loss_still_saves_and_loads_as_a_model(tmp_path) -> None:  # noqa: ANN001
+    """A Loss that is not one of deepcore's can still be checkpointed (dc.load rebuilds model
+    and optimizer); only load_trainer, which must rebuild the loss, refuses it by name."""
+    import pytest
+
+    from deepcore.errors import CheckpointError
+    from deepcore.io import CheckpointEveryEpoch
+    from deepcore.nn.loss import Loss
+    from deepcore.train import load_trainer
+
+    class Half(Loss):
+        def _target(self, target, pred):  # noqa: ANN001, ANN202
+            return self._same_shape_target(target, pred)
+
+        def _fused(self, pred, target):  # noqa: ANN001, ANN202
+            loss, grad = self.backend.mse(pred, target)
+            return loss * loss.dtype.type(0.5), self.backend.mul(grad, grad.dtype.type(0.5))
+
+    dc.seed(0)
+    model = dc.nn.mlp([5, 1])
+    X = _DATA.X
+    t = Trainer(model, Half(), "sgd", lr=0.01)
+    path = tmp_path / "c.safetensors"
+    t.fit((X, X[:, 0].copy()), epochs=1, progress=False, callbacks=[CheckpointEveryEpoch(path)])
+    assert dc.load(path).epoch == 1
+    with pytest.raises(CheckpointError, match="unknown loss 'Half'"):
+        load_trainer(path)
