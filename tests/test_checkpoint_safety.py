@@ -320,3 +320,18 @@ def test_file_is_plain_safetensors(ckpt: Path) -> None:
     for k in ours:
         assert theirs[k].dtype == ours[k].dtype and np.array_equal(theirs[k], ours[k])
     assert json.loads(meta["epoch"]) == 2
+
+
+def test_format_1_files_without_checksums_still_load(ckpt: Path) -> None:
+    """Checkpoints of deepcore before format 2 (no checksum field) load, with every value check;
+    a format-2 file whose checksum field was removed is refused."""
+    from safetensors.numpy import save_file
+
+    tensors, meta = raw(ckpt)
+    meta.pop(fmt.CHECKSUM)
+    old = ckpt.with_name("v1.safetensors")
+    save_file(tensors, str(old), metadata={**meta, "format_version": "1"})
+    assert dc.load(old).epoch == 2 and load_trainer(old).epoch == 2
+    stripped = ckpt.with_name("stripped.safetensors")
+    save_file(tensors, str(stripped), metadata=meta)
+    _refused(stripped, "checksum")
