@@ -1,10 +1,11 @@
 """SIGKILL at random moments while a run checkpoints every epoch (issue 18's kill test).
 
 Half the kills land at any moment, half 0-4 ms after the child's temp file appears (inside a
-write, fsync or rename). Each kill must leave a checkpoint that loads (the previous one or the
-new one, never a torn file), temp files must not pile up (the next save removes those of killed
-writers), and after the last kill one more save leaves no stray file at all. Children come from
-a forkserver that has deepcore imported, so each starts in milliseconds.
+write, which the children stretch to ~10 ms as a slow disk would). Each kill must leave a
+checkpoint that loads (the previous one or the new one, never a torn file), temp files must not
+pile up (the next save removes those of killed writers), and after the last kill one more save
+leaves no stray file at all. Children come from a forkserver that has deepcore imported, so
+each starts in milliseconds.
 """
 
 from __future__ import annotations
