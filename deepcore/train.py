@@ -160,7 +160,8 @@ class Trainer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what `state_dict()` returned; "model", "optimizer" and "scheduler" are loaded
-        when present (deepcore.train.load_trainer has them loaded already). Checked first."""
+        when present (load_trainer has them loaded already, all checked by deepcore.io). The loss
+        type, counters and generator state are checked before anything is written."""
         loss = state["loss"]
         if loss["type"] != _loss_name(self.loss_fn):
             raise ValueError(
