@@ -165,3 +165,24 @@ def build_scheduler(p: Path, opt: Optimizer | None, saved: dict[str, Any]) -> LR
     sched.optimizer = opt
     sched.load_state_dict(dict(saved["state"]))
     return sched
+
+
+def write_weights(model: Module, tensors: dict[str, np.ndarray]) -> None:
+    """Checked weights into the model without a staging copy: a parameter already read in place
+    is left alone, a host one of the same dtype is overwritten in its own buffer, any other
+    (another dtype, a device) goes through Module.load_state_dict."""
+    rest = {}
+    for name, prm in model.named_parameters():
+        a = tensors[name]
+        if a is prm.data:
+            continue
+        if (
+            isinstance(prm.data, np.ndarray)
+            and prm.data.dtype == a.dtype
+            and prm.data.flags.writeable
+        ):
+            np.copyto(prm.data, a)
+        else:
+            rest[name] = a
+    if rest:
+        model.load_state_dict(rest, strict=False)

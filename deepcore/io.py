@@ -255,7 +255,7 @@ def load(
             into = prm.data if prm is not None and restore.can_read_into(prm, spec) else None
             tensors[name] = reader.read(name, out=into)
     checks.check_data(p, tensors, c)
-    model.load_state_dict({n: tensors[n] for n in named})
+    restore.write_weights(model, tensors)
     ckpt = Checkpoint(path=p, model=model, config=c.config)
     if c.optimizer is not None:
         ckpt.optimizer = restore.build_optimizer(p, model, c.optimizer)
@@ -293,7 +293,7 @@ def load_into(
         tensors = {name: reader.read(name) for name in reader.specs}
     checks.check_data(p, tensors, c)
     # every check passed: write
-    model.load_state_dict({n: tensors[n] for n in c.weights})
+    restore.write_weights(model, tensors)
     if optimizer is not None and opt_params is not None:
         restore.write_optimizer(optimizer, opt_params, c, tensors)
     if scheduler is not None and c.scheduler is not None:

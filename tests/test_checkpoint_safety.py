@@ -291,7 +291,7 @@ def _big_trainer() -> Trainer:
 def test_save_and_load_need_no_second_copy(tmp_path: Path) -> None:
     """Python-heap peaks (tracemalloc sees NumPy's buffers): saving allocates nothing like the
     state's size (it writes from the live arrays); loading allocates the file's size once
-    (tensors read into their arrays) plus the model's fresh initial weights."""
+    (tensors read into the new model's arrays; no staging copy)."""
     t = _big_trainer()
     path = tmp_path / "big.safetensors"
     dc.save(path, trainer=t)  # warm imports
@@ -305,9 +305,9 @@ def test_save_and_load_need_no_second_copy(tmp_path: Path) -> None:
         load_peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    weights = sum(v.nbytes for v in ck.model.state_dict().values())
+    assert ck.epoch == 0
     assert save_peak < 0.1 * size, f"save: {save_peak / size:.2f}x the checkpoint"
-    assert load_peak < 1.05 * size + weights, f"load: {load_peak / size:.2f}x the checkpoint"
+    assert load_peak < 1.1 * size, f"load: {load_peak / size:.2f}x the checkpoint"
 
 
 def test_file_is_plain_safetensors(ckpt: Path) -> None:
