@@ -7,21 +7,17 @@ clear line on stderr and exit status 2; only a bug in deepcore shows a traceback
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
+
+from .errors import UsageError
 
 DATASETS = ("digits", "mnist", "csv", "npz", "spirals", "moons")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for, reported as one line."""
 
 
 def _positive_int(text: str) -> int:
@@ -85,12 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", choices=DATASETS, default="digits")
     t.add_argument("--data-dir", help="directory holding the four MNIST IDX files (mnist)")
     t.add_argument("--path", help="CSV or NPZ file of features and a label column (csv, npz)")
-    t.add_argument("--label", default="label", help="label column: name or index (csv, npz)")
-    t.add_argument("--hidden", type=_hidden, default=[256, 128], help="hidden sizes, e.g. 256,128")
-    t.add_argument("--activation", choices=ACTIVATIONS, default="relu")
-    t.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer")
     t.add_argument(
-        "--schedule", choices=("cosine", "none"), default="cosine", help="learning-rate schedule"
+        "--label",
+        help="label column: name or index (csv: default 'label'; npz: arrays X and y by default)",
+    )
+    t.add_argument("--hidden", type=_hidden, help="hidden sizes (default: 256,128)")
+    t.add_argument("--activation", choices=ACTIVATIONS, help="default: relu")
+    t.add_argument("--dropout", type=float, help="dropout after each hidden layer (default: 0.2)")
+    t.add_argument(
+        "--schedule",
+        choices=("cosine", "none"),
+        help="learning-rate schedule (default: cosine over --epochs)",
     )
     t.add_argument(
         "--no-standardize",
@@ -98,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="keep raw features (default: scale to zero mean, unit variance using train stats)",
     )
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, help="default: adam")
     t.add_argument("--lr", type=_positive_float, default=None, help="default: 1e-3 (sgd: 0.05)")
     t.add_argument("--epochs", type=_non_negative_int, default=None, help="default: 40 (mnist: 10)")
-    t.add_argument("--batch-size", type=_positive_int, default=32)
-    t.add_argument("--seed", type=_non_negative_int, default=0)
+    t.add_argument("--batch-size", type=_positive_int, help="default: 32")
+    t.add_argument("--seed", type=_non_negative_int, help="default: 0")
     t.add_argument("--backend", default=os.environ.get("DEEPCORE_BACKEND") or "auto")
-    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--dtype", choices=("float32", "float64"), help="default: float32")
     t.add_argument(
         "--precision",
         choices=("float32", "bf16"),
@@ -115,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume",
         metavar="PATH",
-        help="continue a saved run up to --epochs in total (model, optimizer, schedule and "
-        "shuffling come from the checkpoint)",
+        help="continue a saved run up to --epochs in total: model, optimizer, lr, schedule "
+        "(re-planned over the new total), dtype, batch size, seed and shuffling come from the "
+        "checkpoint, and it keeps saving there unless --save says otherwise",
     )
     t.add_argument("--json", metavar="PATH", help="write the final metrics as a JSON object")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -150,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "train":
+            from .cli_train import cmd_train
+
             return cmd_train(args)
         if args.command == "bench":
             if getattr(args, "_bench_missing", None):
@@ -200,157 +204,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-# ---------------------------------------------------------------------- train
-def _load_data(args: argparse.Namespace) -> tuple[Any, Any]:
-    from .data import load_dataset
-
-    kw: dict[str, Any] = {"dtype": args.dtype}
-    if args.dataset == "mnist":
-        if not args.data_dir:
-            raise UsageError("--dataset mnist needs --data-dir DIR holding the MNIST IDX files")
-        kw["data_dir"] = args.data_dir
-    elif args.dataset in ("csv", "npz"):
-        if not args.path:
-            raise UsageError(f"--dataset {args.dataset} needs --path FILE (and --label COLUMN)")
-        kw["path"] = args.path
-        kw["label"] = int(args.label) if args.label.lstrip("-").isdigit() else args.label
-    if args.dataset not in ("mnist",):
-        kw["seed"] = args.seed
-    return load_dataset(args.dataset, **kw)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    import deepcore as dc
-
-    from .optim import CosineAnnealingLR
-    from .train import Trainer, make_optimizer
-
-    comm = _start_distributed()
-    root = comm is None or comm.is_root
-    if comm is not None and args.backend.partition(":")[0] in ("cupy", "auto"):
-        args.backend = _rank_backend(args.backend, comm.local_rank)
-    backend = dc.get_backend(args.backend)
-    train, test = _load_data(args)
-    if train.task != "classification":
-        raise UsageError(
-            f"{args.dataset}: the labels look continuous; deepcore train does classification "
-            f"(use deepcore.sklearn.MLPRegressor for regression)"
-        )
-    epochs = args.epochs if args.epochs is not None else (10 if args.dataset == "mnist" else 40)
-    if not 0.0 <= args.dropout < 1.0:
-        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.standardize:
-        train, test = dc.data.standardize(train, test)
-    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3)
-    dc.seed(args.seed)
-    sizes = [train.n_features, *args.hidden, train.n_classes]
-    trainer: Trainer
-    if args.resume:
-        trainer = _resume(args, backend)
-    else:
-        model = dc.nn.mlp(
-            sizes, args.activation, dropout=args.dropout, backend=backend, dtype=args.dtype
-        )
-        opt = make_optimizer(args.optimizer, model.parameters(), lr)
-        sched = CosineAnnealingLR(opt, max(epochs, 1)) if args.schedule == "cosine" else None
-        trainer = Trainer(model, "cross_entropy", opt, scheduler=sched, seed=args.seed)
-    if args.precision != "float32" and args.dtype != "float32":
-        raise UsageError(f"--precision {args.precision} needs --dtype float32, not {args.dtype}")
-    trainer.precision = args.precision
-    if comm is not None:
-        from .distributed import data_parallel
-
-        data_parallel(trainer, comm)  # same setup on every rank, rank 0's state, all-reduce
-    callbacks = []
-    if args.save and root:
-        callbacks.append(_checkpoint_callback(args.save))  # rank 0 writes, atomically
-    model = trainer.model
-    dtype = model.dtype
-    opt_name = type(trainer.optimizer).__name__
-    lr = trainer.optimizer.param_groups[0].get("initial_lr", lr)
-    shape = "-".join(
-        [str(m.in_features) for m in model.modules() if hasattr(m, "in_features")][:1]
-        + [str(m.out_features) for m in model.modules() if hasattr(m, "out_features")]
-    )
-    remaining = max(0, epochs - trainer.epoch) if args.resume else epochs
-    log = sys.stderr if root else open(os.devnull, "w")  # noqa: SIM115 - one rank reports
-    print(
-        f"deepcore train: {args.dataset} ({len(train)} train / {len(test)} test, "
-        f"{train.n_features} features, {train.n_classes} classes) | MLP {shape} | {opt_name} "
-        f"lr={lr:g} | batch {args.batch_size} | "
-        + (f"epochs {trainer.epoch + 1}-{epochs}" if args.resume else f"{epochs} epochs")
-        + f" | backend {backend.name} ({dtype}"
-        + (f", {args.precision} GEMMs)" if args.precision != "float32" else ")")
-        + (f" | {comm.size} ranks" if comm is not None else ""),
-        file=log,
-    )
-    if backend.compiles:
-        print(f"{backend.name}: compiling kernels (cached after the first run) ...", file=log)
-    depth = sum(1 for m in model.modules() if hasattr(m, "out_features"))
-    warm = _warmup(backend, dtype, depth)
-    if backend.compiles:
-        print(f"{backend.name}: ready in {warm:.1f} s", file=log)
-    t0 = time.perf_counter()
-    try:
-        history = trainer.fit(
-            train,
-            epochs=remaining,
-            batch_size=args.batch_size,
-            validation=None,
-            progress=not args.quiet and root,
-            callbacks=callbacks,
-        )
-    except KeyboardInterrupt:
-        where = (
-            f"; epoch {trainer.epoch} (the last completed) is saved in {args.save}"
-            if args.save and trainer.epoch > 0
-            else ""
-        )
-        print(f"deepcore train: interrupted{where}", file=log)
-        _end_job_if_distributed(130)  # a rank may be inside a collective: end them all
-        return 130
-    seconds = time.perf_counter() - t0
-    metrics = trainer.evaluate(test)  # data-parallel: a slice per rank, sums reduced
-    if not root:
-        return 0
-    samples = len(train) * remaining
-    result = {
-        "test_accuracy": metrics["accuracy"],
-        "test_loss": metrics["loss"],
-        "train_loss": history.last.get("loss"),
-        "train_accuracy": history.last.get("accuracy"),
-        "epochs": trainer.epoch,
-        "backend": backend.name,
-        "dtype": dtype,
-        "precision": args.precision,
-        "dataset": args.dataset,
-        "hidden": args.hidden,
-        "optimizer": args.optimizer,
-        "lr": lr,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "train_seconds": seconds,
-        "warmup_seconds": warm,
-        "samples_per_second": samples / seconds if seconds > 0 else None,
-        "step_route": trainer.step_route,
-        "step_fused": trainer.step_engine().fused,
-        "ranks": comm.size if comm is not None else 1,
-    }
-    print(
-        f"test accuracy {result['test_accuracy']:.4f} | test loss {result['test_loss']:.4f} | "
-        f"{trainer.epoch} epochs in {seconds:.2f} s "
-        f"({result['samples_per_second'] or 0:,.0f} samples/s on {backend.name}, "
-        f"step route {trainer.step_route}"
-        + (f"; JIT warm-up {warm:.1f} s apart" if warm else "")
-        + ")"
-    )
-    if args.save:
-        print(f"checkpoint: {args.save}", file=log)
-    if args.json:
-        _write_json(args.json, result)
-    return 0
-
-
 def _start_distributed() -> Any:
     """Under mpiexec with several processes: the communicator (deepcore.distributed); else None,
     without importing mpi4py."""
@@ -370,40 +223,6 @@ def _rank_backend(spec: str, local_rank: int) -> str:
     return f"cupy:{local_rank}" if name.partition(":")[0] == "cupy" else name
 
 
-def _warmup(backend: Any, dtype: str, depth: int) -> float:
-    """Compile JIT kernels (for an MLP of `depth` layers) before the clock starts; returns the
-    seconds it took."""
-    t0 = time.perf_counter()
-    backend.warmup(dtypes=(dtype,), depths=(depth,))
-    return time.perf_counter() - t0
-
-
-def _checkpoint_callback(path: str) -> Any:
-    try:
-        from .io import CheckpointEveryEpoch
-    except ImportError as exc:
-        raise UsageError(f"--save needs deepcore.io: {exc}") from None
-    return CheckpointEveryEpoch(path)
-
-
-def _resume(args: argparse.Namespace, backend: Any) -> Any:
-    try:
-        from .io import load_trainer
-    except ImportError as exc:
-        raise UsageError(f"--resume needs deepcore.io: {exc}") from None
-    return load_trainer(args.resume, backend=backend)
-
-
-def _write_json(path: str, obj: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------- info
 def cmd_info() -> int:
     import numpy as np
 

@@ -23,11 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import numpy as np
-
 from .nn import CrossEntropyLoss, Module, Sequential
 from .nn.container import MLPLayers
-from .nn.loss import _check_labels
+from .nn.loss import check_labels
 from .optim import Optimizer
 from .optim.clip import clip_grad_norm_
 
@@ -150,9 +148,8 @@ class TrainStep:
         x = lins[0]._input(xb, lins[0].in_features)
         n, classes = x.shape[0], lins[-1].out_features
         labels = yb
-        if not be.owns(yb) or be.device == "cpu":
-            labels = np.asarray(yb)
-            _check_labels(labels, n, classes)
+        if not be.owns(yb) or be.device == "cpu":  # host labels: the one shared check
+            labels = check_labels(yb, n, classes)
         for p in spec.params:  # the kernel overwrites every gradient
             p.grad_target()
             p._grad_live = True

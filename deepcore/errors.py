@@ -35,6 +35,11 @@ class CheckpointError(DeepcoreError, ValueError):
     """A checkpoint file is truncated, corrupt, foreign, or does not fit the model."""
 
 
+class UsageError(DeepcoreError):
+    """A command-line request that cannot be honoured (bad path, conflicting flags), reported by
+    the `deepcore` command as one line."""
+
+
 class CudaOutOfMemoryError(DeepcoreError, MemoryError):
     """The GPU ran out of memory; the message says how much was asked for, where, and suggests
     a smaller batch size."""

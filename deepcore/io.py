@@ -8,13 +8,21 @@ state. `load` rebuilds everything on any backend, whichever backend saved it. Sa
 the previous checkpoint survives a crash or Ctrl-C during `save`.
 
 Exact resume: a checkpoint taken after a Trainer epoch resumes bitwise on the same backend
-(weights, loss curve, batch order, dropout masks). The Trainer resumes at epoch boundaries; a
-hand-written loop can save at any step (pass its shuffling generator as `rng=`).
+(weights, loss curve, batch order, dropout masks). The Trainer resumes at epoch boundaries
+(deepcore.train.load_trainer); a hand-written loop can save at any step (pass its shuffling
+generator as `rng=`).
+
+Nothing corrupt loads and nothing bad is saved: every tensor and metadata field carries a
+checksum, `load`/`load_into` check every field, shape and value (finite weights and state,
+counters, hyperparameters, schedules) before building or writing anything, and `save` refuses
+state that `load` would refuse (NaN weights after a diverged step), leaving the old file.
+Every refusal is a CheckpointError (NonFiniteError on save) naming the file and the field.
+Memory: `save` writes from the live arrays, `load` reads each tensor straight into its array.
 """
 
 from __future__ import annotations
 
-import inspect
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +30,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _checkpoint_checks as checks
 from . import _checkpoint_format as fmt
+from . import _checkpoint_restore as restore
 from . import random as dc_random
-from .backends import Backend
-from .errors import CheckpointError, ShapeError
+from .backends import Backend, get_backend
+from .backends.base import normalize_dtype, to_numpy
+from .errors import CheckpointError, NonFiniteError
 from .nn.module import Module
 from .optim.optimizer import Optimizer
 from .optim.schedulers import LRScheduler
 
 if TYPE_CHECKING:
-    from .train import Trainer
+    from .train import Trainer  # for annotations only: io never imports train
 
 __all__ = [
     "Checkpoint",
@@ -40,12 +51,11 @@ __all__ = [
     "load",
     "load_into",
     "save_trainer",
-    "load_trainer",
 ]
 
-_OPTIM_PREFIX = "optim.state."
+_OPTIM_PREFIX = checks.OPTIM_PREFIX
 #: Metadata fields stored as plain strings; every other field is JSON.
-_PLAIN = ("format", "format_version", "deepcore_version")
+_PLAIN = ("format", "format_version", "deepcore_version", fmt.CHECKSUM)
 PathLike = str | os.PathLike
 
 
@@ -94,22 +104,26 @@ def save(
 ) -> Path:
     """Write a checkpoint of `model` (and optimizer, scheduler) to `path` atomically.
 
-    With `trainer`, its model, optimizer, scheduler, counters, history and shuffling generator
-    are saved (explicit arguments win). `rng` is a hand-written loop's shuffling generator,
-    `epoch`/`step` its counters; `extra` is any JSON-able dict, returned as Checkpoint.metadata.
+    With `trainer`, its model, optimizer, scheduler and `trainer.state_dict()` (counters,
+    history, shuffling generator) are saved (explicit arguments win). `rng` is a hand-written
+    loop's shuffling generator, `epoch`/`step` its counters; `extra` is any JSON-able dict,
+    returned as Checkpoint.metadata. Non-finite weights or state raise NonFiniteError and
+    leave the file on disk as it was.
     """
     from . import __version__
 
+    facts: dict[str, Any] | None = None
     if trainer is not None:
+        facts = trainer.state_dict(arrays=False)
         model = trainer.model if model is None else model
         optimizer = trainer.optimizer if optimizer is None else optimizer
         scheduler = trainer.scheduler if scheduler is None else scheduler
-        rng = trainer.rng if rng is None else rng
-        epoch = trainer.epoch if epoch is None else epoch
-        step = trainer.step if step is None else step
+        epoch = facts["epoch"] if epoch is None else epoch
+        step = facts["step"] if step is None else step
     if not isinstance(model, Module):
         raise TypeError(f"save needs a deepcore Module, got {type(model).__name__}")
-    tensors: dict[str, np.ndarray] = dict(model.state_dict())
+    target = Path(path)
+    tensors = {n: _host(p.data, model.dtype) for n, p in model.named_parameters()}
     try:
         config: dict[str, Any] | None = model.config()
     except NotImplementedError:
@@ -119,42 +133,63 @@ def save(
         "format_version": str(fmt.FORMAT_VERSION),
         "deepcore_version": __version__,
         "model": {"config": config, "dtype": model.dtype, "backend": model.backend.name},
-        "epoch": int(epoch or 0),
-        "step": int(step or 0),
+        "epoch": epoch or 0,
+        "step": step or 0,
         "rng": dc_random.get_state(),
         "extra": extra or {},
     }
     if rng is not None:
         meta["data_rng"] = rng.bit_generator.state
+    elif facts is not None:
+        meta["data_rng"] = facts["rng"]
     if optimizer is not None:
         meta["optimizer"] = _optimizer_meta(model, optimizer, tensors)
     if scheduler is not None:
         meta["scheduler"] = {"class": type(scheduler).__name__, "state": scheduler.state_dict()}
-    if trainer is not None:
-        meta["trainer"] = {
-            "loss": {
-                "type": _loss_name(trainer.loss_fn),
-                "reduction": trainer.loss_fn.reduction,
-            },
-            "clip_grad_norm": trainer.clip_grad_norm,
-            "history": trainer.history.epochs,
-        }
+    if facts is not None:
+        meta["trainer"] = {k: facts[k] for k in ("loss", "clip_grad_norm", "history")}
     strings = {k: v if k in _PLAIN else fmt.dumps(v) for k, v in meta.items()}
-    data = fmt.encode(tensors, strings)  # everything serialised before the disk is touched
-    target = Path(path)
-    fmt.atomic_write(target, data)
+    _check_saveable(target, tensors, strings)  # everything checked before the disk is touched
+    fmt.write(target, tensors, strings)
     return target
 
 
-def _loss_name(loss: Any) -> str:
-    """The deepcore loss class behind `loss` (a user subclass resumes as its deepcore base)."""
-    for cls in type(loss).__mro__:
-        if cls.__module__ == "deepcore.nn.loss" and cls.__name__ != "Loss":
-            return cls.__name__
-    return type(loss).__name__
+def _host(x: Any, dtype: str) -> np.ndarray:
+    """A host array of `x` in `dtype`: the live array itself on CPU backends (no copy)."""
+    a = x if isinstance(x, np.ndarray) else to_numpy(x)
+    return a.astype(dtype, copy=False)
+
+
+def _on_disk(path: Path) -> str:
+    """What `path` holds now, for messages about a save that did not happen."""
+    if not path.exists():
+        return f"nothing was written to {path}"
+    try:
+        epoch = json.loads(fmt.read_metadata(path).get("epoch", "0"))
+    except (CheckpointError, ValueError):
+        return f"{path} was left as it was"
+    return f"{path} still holds epoch {epoch}, the last good one"
+
+
+def _check_saveable(path: Path, tensors: dict[str, np.ndarray], strings: dict[str, str]) -> None:
+    """Refuse to save what load would refuse (non-finite weights first: a diverged run)."""
+    for name, a in tensors.items():
+        if a.dtype.kind == "f" and not checks.all_finite(a):
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            raise NonFiniteError(
+                f"not saved: {name!r} has {bad:,} of {a.size:,} values non-finite (NaN or Inf), "
+                f"the training diverged; {_on_disk(path)}"
+            )
+    info = {k: json.loads(v) for k, v in strings.items() if k not in _PLAIN}
+    try:
+        checks.check_data(path, tensors, checks.check(path, tensors, info))
+    except CheckpointError as exc:
+        raise CheckpointError(f"not saved ({_on_disk(path)}): {exc}") from None
 
 
 def _optimizer_meta(model: Module, opt: Optimizer, tensors: dict[str, np.ndarray]) -> dict:
+    """The optimizer's class, hyperparameters and per-parameter numbers; its state arrays go
+    into `tensors` as the live arrays (no copies on CPU backends)."""
     names = {id(p): n for n, p in model.named_parameters()}
     params = opt._params()
     missing = [i for i, p in enumerate(params) if id(p) not in names]
@@ -163,18 +198,25 @@ def _optimizer_meta(model: Module, opt: Optimizer, tensors: dict[str, np.ndarray
             f"the optimizer holds parameters that are not in the model (indices {missing}); "
             f"save the model the optimizer was built on"
         )
-    sd = opt.state_dict()
+    index = {id(p): i for i, p in enumerate(params)}
     scalars: dict[str, dict[str, Any]] = {}
-    for i, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, np.ndarray) and v.ndim > 0:
-                tensors[f"{_OPTIM_PREFIX}{i}.{k}"] = v
+    for i, p in enumerate(params):
+        for k, v in (opt.state.get(id(p)) or {}).items():
+            if hasattr(v, "shape") and v.ndim > 0:
+                tensors[f"{_OPTIM_PREFIX}{i}.{k}"] = _host(v, model.dtype)
             elif v is not None:
                 scalars.setdefault(str(i), {})[k] = v.item() if hasattr(v, "item") else v
+    groups = [
+        {
+            **{k: v for k, v in g.items() if k != "params"},
+            "params": [index[id(p)] for p in g["params"]],
+        }
+        for g in opt.param_groups
+    ]
     return {
         "class": type(opt).__name__,
         "param_names": [names[id(p)] for p in params],
-        "param_groups": sd["param_groups"],
+        "param_groups": groups,
         "scalars": scalars,
     }
 
@@ -190,30 +232,39 @@ def load(
     """Read the checkpoint at `path` and rebuild model, optimizer and scheduler on `backend`
     (default: the current selection) in `dtype` (default: the saved one).
 
-    With `restore_rng` (the default) deepcore's global generator is put back in its saved state,
-    so dropout masks continue exactly; pass False to leave it alone (e.g. for inference).
+    Every field, shape and value is checked before anything is built. With `restore_rng` (the
+    default) deepcore's global generator is put back in its saved state, so dropout masks
+    continue exactly; pass False to leave it alone (e.g. for inference).
     """
-    from .nn import build
-
     p = Path(path)
-    tensors, meta = fmt.read(p)
-    info = _meta(p, meta)
-    model_info = info["model"]
-    config = model_info.get("config")
-    if config is None:
-        raise CheckpointError(
-            f"{p}: the model has no config, so load cannot rebuild it; build the model yourself "
-            f"and call deepcore.io.load_into(path, model)"
+    target_backend = get_backend(backend)
+    target_dtype = normalize_dtype(dtype) if dtype is not None else None
+    with fmt.Reader(p) as reader:
+        info = _meta(p, reader.meta)
+        c = checks.check(p, dict(reader.specs), info)  # config vs shapes: nothing built yet
+        if c.config is None:
+            raise CheckpointError(
+                f"{p}: the model has no config, so load cannot rebuild it; build the model "
+                f"yourself and call deepcore.io.load_into(path, model)"
+            )
+        model = restore.build_model(p, c, target_backend, target_dtype or c.dtype)
+        named = dict(model.named_parameters())
+        tensors = {}
+        for name, spec in reader.specs.items():  # read straight into the new parameters
+            prm = named.get(name)
+            into = prm.data if prm is not None and restore.can_read_into(prm, spec) else None
+            tensors[name] = reader.read(name, out=into)
+    checks.check_data(p, tensors, c)
+    restore.write_weights(model, tensors)
+    ckpt = Checkpoint(path=p, model=model, config=c.config)
+    if c.optimizer is not None:
+        ckpt.optimizer = restore.build_optimizer(p, model, c.optimizer)
+        restore.write_optimizer(
+            ckpt.optimizer, [named[n] for n in c.optimizer["param_names"]], c, tensors
         )
-    saved_rng = dc_random.get_state()
-    try:
-        model = build(config, backend=backend, dtype=dtype or model_info.get("dtype"))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{p}: cannot rebuild the model from its config ({exc})") from None
-    finally:
-        dc_random.set_state(saved_rng)  # building drew initial weights; undo that
-    ckpt = Checkpoint(path=p, model=model, config=config)
-    _fill(ckpt, p, tensors, info, rebuild=True)
+    if c.scheduler is not None:
+        ckpt.scheduler = restore.build_scheduler(p, ckpt.optimizer, c.scheduler)
+    _facts(ckpt, c, reader.meta)
     if restore_rng and ckpt.rng_state is not None:
         dc_random.set_state(ckpt.rng_state)
     return ckpt
@@ -227,15 +278,29 @@ def load_into(
     *,
     restore_rng: bool = True,
 ) -> Checkpoint:
-    """Load a checkpoint's state into objects you built. All shapes are checked before anything
-    is written: on a mismatch a CheckpointError names the parameter and both shapes, and the
-    model is unchanged."""
+    """Load a checkpoint's state into objects you built. Everything is checked before anything
+    is written (names and shapes against the model, the optimizer's class and groups, the
+    scheduler's class, every value): on any problem a CheckpointError names the file and the
+    field, and model, optimizer and scheduler are unchanged."""
     p = Path(path)
-    tensors, meta = fmt.read(p)
-    info = _meta(p, meta)
+    with fmt.Reader(p) as reader:
+        info = _meta(p, reader.meta)
+        c = checks.check(p, dict(reader.specs), info)
+        restore.check_fits(p, model, c.weights)
+        opt_params = restore.check_optimizer_fits(p, model, optimizer, c) if optimizer else None
+        if scheduler is not None:
+            restore.check_scheduler_fits(p, scheduler, optimizer, c)
+        tensors = {name: reader.read(name) for name in reader.specs}
+    checks.check_data(p, tensors, c)
+    # every check passed: write
+    restore.write_weights(model, tensors)
+    if optimizer is not None and opt_params is not None:
+        restore.write_optimizer(optimizer, opt_params, c, tensors)
+    if scheduler is not None and c.scheduler is not None:
+        scheduler.load_state_dict(dict(c.scheduler["state"]))
     ckpt = Checkpoint(path=p, model=model, optimizer=optimizer, scheduler=scheduler)
-    ckpt.config = info["model"].get("config")
-    _fill(ckpt, p, tensors, info, rebuild=False)
+    ckpt.config = c.config
+    _facts(ckpt, c, reader.meta)
     if restore_rng and ckpt.rng_state is not None:
         dc_random.set_state(ckpt.rng_state)
     return ckpt
@@ -245,145 +310,32 @@ def _meta(p: Path, meta: dict[str, str]) -> dict[str, Any]:
     info: dict[str, Any] = {k: fmt.loads(p, meta, k) for k in meta if k not in _PLAIN}
     if not isinstance(info.get("model"), dict):
         raise CheckpointError(f"{p}: metadata has no model description")
-    info["format_version"] = int(meta["format_version"])
-    info["deepcore_version"] = meta.get("deepcore_version", "")
     return info
 
 
-def _fill(ckpt: Checkpoint, p: Path, tensors: dict, info: dict, *, rebuild: bool) -> None:
-    """Load weights, optimizer and scheduler state into ckpt's objects (building them if asked)."""
-    weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIM_PREFIX)}
-    _check_fits(p, ckpt.model, weights)  # every check before anything is written
-    opt_info = info.get("optimizer")
-    if opt_info is not None and (rebuild or ckpt.optimizer is not None):
-        try:
-            if ckpt.optimizer is None:
-                ckpt.optimizer = _build_optimizer(ckpt.model, opt_info)
-            ckpt.optimizer.load_state_dict(_optimizer_state(opt_info, tensors))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{p}: bad optimizer state ({exc})") from None
-    sched_info = info.get("scheduler")
-    if sched_info is not None and ckpt.optimizer is not None:
-        if ckpt.scheduler is None and rebuild:
-            ckpt.scheduler = _build_scheduler(p, ckpt.optimizer, sched_info)
-        elif ckpt.scheduler is not None:
-            ckpt.scheduler.load_state_dict(dict(sched_info["state"]))
-    try:
-        ckpt.model.load_state_dict(weights)
-    except (KeyError, ShapeError) as exc:
-        raise CheckpointError(f"{p}: does not fit the model: {exc.args[0]}") from None
-    ckpt.epoch = int(info.get("epoch", 0))
-    ckpt.step = int(info.get("step", 0))
-    ckpt.rng_state = info.get("rng")
-    ckpt.data_rng_state = info.get("data_rng")
-    ckpt.metadata = info.get("extra") or {}
-    ckpt.trainer = info.get("trainer")
-    ckpt.deepcore_version = str(info.get("deepcore_version", ""))
-    ckpt.format_version = info["format_version"]
-
-
-def _check_fits(p: Path, model: Module, weights: dict[str, np.ndarray]) -> None:
-    """CheckpointError naming the first parameter whose name or shape does not fit `model`."""
-    own = {n: prm.shape for n, prm in model.named_parameters()}
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{p}: does not fit the model: missing {missing}, unexpected {unexpected}"
-        )
-    for name, shape in own.items():
-        if tuple(weights[name].shape) != shape:
-            raise CheckpointError(
-                f"{p}: does not fit the model: parameter {name!r} has shape "
-                f"{tuple(weights[name].shape)} in the checkpoint, the model expects {shape}"
-            )
-
-
-def _build_optimizer(model: Module, opt_info: dict[str, Any]) -> Optimizer:
-    from . import optim
-
-    cls = getattr(optim, opt_info["class"], None)
-    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
-        raise ValueError(f"unknown optimizer class {opt_info['class']!r}")
-    named = dict(model.named_parameters())
-    names = opt_info["param_names"]
-    groups = []
-    for g in opt_info["param_groups"]:
-        hp = {k: tuple(v) if isinstance(v, list) else v for k, v in g.items() if k != "params"}
-        groups.append({**hp, "params": [named[names[i]] for i in g["params"]]})
-    accepted = inspect.signature(cls).parameters
-    kwargs = {k: v for k, v in groups[0].items() if k in accepted and k != "params"}
-    return cls(groups, **kwargs)
-
-
-def _optimizer_state(opt_info: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith(_OPTIM_PREFIX):
-            index, _, name = key[len(_OPTIM_PREFIX) :].partition(".")
-            state.setdefault(int(index), {})[name] = value
-    for index, scalars in opt_info.get("scalars", {}).items():
-        state.setdefault(int(index), {}).update(scalars)
-    return {"state": state, "param_groups": opt_info["param_groups"]}
-
-
-def _build_scheduler(p: Path, opt: Optimizer, info: dict[str, Any]) -> LRScheduler:
-    from .optim import schedulers
-
-    cls = getattr(schedulers, info.get("class", ""), None)
-    if not (isinstance(cls, type) and issubclass(cls, LRScheduler)):
-        raise CheckpointError(f"{p}: unknown scheduler class {info.get('class')!r}")
-    sched = cls.__new__(cls)  # state_dict holds every attribute; skip __init__'s first step
-    sched.optimizer = opt
-    sched.load_state_dict(dict(info["state"]))
-    return sched
+def _facts(ckpt: Checkpoint, c: checks.Checked, meta: dict[str, str]) -> None:
+    ckpt.epoch, ckpt.step = c.epoch, c.step
+    ckpt.rng_state, ckpt.data_rng_state = c.rng, c.data_rng
+    ckpt.metadata = c.extra
+    ckpt.trainer = c.trainer
+    ckpt.deepcore_version = meta.get("deepcore_version", "")
+    ckpt.format_version = int(meta["format_version"])
 
 
 # ---------------------------------------------------------------------------------------- trainer
 def save_trainer(path: PathLike, trainer: Trainer, *, extra: dict[str, Any] | None = None) -> Path:
-    """Checkpoint everything a Trainer needs to resume exactly (same as save(trainer=...))."""
+    """Checkpoint everything a Trainer needs to resume exactly (same as save(trainer=...));
+    deepcore.train.load_trainer reads it back."""
     return save(path, trainer=trainer, extra=extra)
-
-
-def load_trainer(
-    path: PathLike, *, backend: str | Backend | None = None, dtype: Any = None
-) -> Trainer:
-    """A Trainer rebuilt from a checkpoint saved with a trainer, ready for `fit(...)` to go on
-    from the saved epoch: model, loss, optimizer, scheduler, counters, history and both RNGs."""
-    from .train import LOSSES, History, Trainer
-
-    ckpt = load(path, backend=backend, dtype=dtype)
-    facts = ckpt.trainer
-    if facts is None or ckpt.optimizer is None:
-        raise CheckpointError(
-            f"{ckpt.path}: saved without a trainer; use deepcore.load and build a Trainer"
-        )
-    loss_name = facts["loss"]["type"]
-    by_class = {cls.__name__: cls for cls in LOSSES.values()}
-    if loss_name not in by_class:
-        raise CheckpointError(f"{ckpt.path}: unknown loss {loss_name!r}")
-    loss = by_class[loss_name](
-        facts["loss"].get("reduction", "mean"), backend=ckpt.model.backend, dtype=ckpt.model.dtype
-    )
-    trainer = Trainer(
-        ckpt.model,
-        loss,
-        ckpt.optimizer,
-        scheduler=ckpt.scheduler,
-        seed=None,
-        clip_grad_norm=facts.get("clip_grad_norm"),
-    )
-    trainer.rng = ckpt.data_rng()
-    trainer.epoch, trainer.step = ckpt.epoch, ckpt.step
-    trainer.history = History(list(facts.get("history", [])))
-    return trainer
 
 
 class CheckpointEveryEpoch:
     """Trainer callback: save the whole trainer to `path` after every `every` completed epochs.
 
     Each save is atomic, so when training stops (NonFiniteError, Ctrl-C, a crash) the file holds
-    the last completed epoch intact. Use: trainer.fit(..., callbacks=[CheckpointEveryEpoch(p)]).
+    the last completed epoch intact; a diverged state is never saved over it. `saved_epoch` is
+    the epoch the file holds once a save has finished (None before).
+    Use: trainer.fit(..., callbacks=[CheckpointEveryEpoch(p)]).
     """
 
     def __init__(self, path: PathLike, every: int = 1, extra: dict[str, Any] | None = None):
@@ -392,7 +344,10 @@ class CheckpointEveryEpoch:
         self.path = Path(path)
         self.every = every
         self.extra = extra
+        self.saved_epoch: int | None = None
 
     def __call__(self, trainer: Trainer) -> None:
-        if trainer.epoch % self.every == 0:
+        epoch = trainer.state_dict(arrays=False)["epoch"]
+        if epoch % self.every == 0:
             save(self.path, trainer=trainer, extra=self.extra)
+            self.saved_epoch = epoch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +17,9 @@ import numpy as np
 from .backends import Backend
 from .data import BatchIterator, Dataset
 from .engine import GradientHook, TrainStep, plan_step
-from .errors import NonFiniteError, ShapeError
+from .errors import CheckpointError, NonFiniteError, ShapeError
 from .nn import CrossEntropyLoss, Loss, Module
-from .nn.loss import BCEWithLogitsLoss, MSELoss
+from .nn.loss import BCEWithLogitsLoss, MSELoss, check_labels
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from .optim.schedulers import LRScheduler
 from .precision import autocast, normalize_precision
@@ -150,6 +150,51 @@ class Trainer:
         self._step = None
         return self
 
+    def state_dict(self, *, arrays: bool = True) -> dict[str, Any]:
+        """Everything a resume needs: the "model", "optimizer" and "scheduler" state dicts, the
+        shuffling generator ("rng"), "epoch", "step", "history", "loss" (type, reduction) and
+        "clip_grad_norm". arrays=False leaves out "model" and "optimizer" (host copies of every
+        array) for a writer that streams them from `model` and `optimizer` (deepcore.io.save)."""
+        state: dict[str, Any] = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": self.rng.bit_generator.state,
+            "history": [dict(r) for r in self.history.epochs],
+            "loss": {"type": _loss_name(self.loss_fn), "reduction": self.loss_fn.reduction},
+            "clip_grad_norm": self.clip_grad_norm,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+        }
+        if arrays:
+            state["model"] = self.model.state_dict()
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict()` returned; "model", "optimizer" and "scheduler" are loaded
+        when present (load_trainer has them loaded already, all checked by deepcore.io). The loss
+        type, counters and generator state are checked before anything is written."""
+        loss = state["loss"]
+        if loss["type"] != _loss_name(self.loss_fn):
+            raise ValueError(
+                f"state is of a {loss['type']} trainer, this one has {_loss_name(self.loss_fn)}"
+            )
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        for key in ("epoch", "step"):
+            if not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0:
+                raise ValueError(f"Trainer state: {key} must be an integer >= 0")
+        if "model" in state:
+            self.model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scheduler") is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(dict(state["scheduler"]))
+        self.rng = rng
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history = History([dict(r) for r in state["history"]])
+        self.clip_grad_norm = state["clip_grad_norm"]
+        self.loss_fn.reduction = loss["reduction"]
+
     def train_step(self, xb: Any, yb: Any) -> Any:
         """One forward, backward and update; returns the loss as a 0-d backend array."""
         if self.precision != "float32":  # the bf16 policy around forward, loss and backward
@@ -198,6 +243,9 @@ class Trainer:
         val = _as_xy(validation, "validation data") if validation is not None else None
         classify = isinstance(self.loss_fn, CrossEntropyLoss)
         y = _column_targets(y, classify)
+        n_classes = _n_outputs(self.model)
+        if classify and n_classes is not None:  # once, naming the row in the data set
+            y = check_labels(y, len(y), n_classes)
         batches = BatchIterator(X, y, batch_size, shuffle=shuffle, rng=self.rng)
         check_every = 1 if self.backend.device == "cpu" else 50
         comm = self.comm if self.comm is not None and self.comm.size > 1 else None
@@ -409,6 +457,54 @@ def fit(
         progress=progress,
         callbacks=callbacks,
     )
+
+
+def _loss_name(loss: Any) -> str:
+    """The deepcore loss class behind `loss` (a user subclass resumes as its deepcore base)."""
+    for cls in type(loss).__mro__:
+        if cls.__module__ == "deepcore.nn.loss" and cls.__name__ != "Loss":
+            return cls.__name__
+    return type(loss).__name__
+
+
+def _n_outputs(model: Module) -> int | None:
+    """The number of outputs of the model's last layer that declares one (None if none does)."""
+    sizes = [
+        m.out_features for m in model.modules() if isinstance(getattr(m, "out_features", None), int)
+    ]
+    return sizes[-1] if sizes else None
+
+
+def load_trainer(path: Any, *, backend: str | Backend | None = None, dtype: Any = None) -> Trainer:
+    """A Trainer rebuilt from a checkpoint saved with a trainer (deepcore.io.save(trainer=...)
+    or `deepcore train --save`), ready for `fit(...)` to go on from the saved epoch: model, loss,
+    optimizer, scheduler, counters, history and both generators."""
+    from .io import load
+
+    ckpt = load(path, backend=backend, dtype=dtype)
+    facts = ckpt.trainer
+    if facts is None or ckpt.optimizer is None:
+        raise CheckpointError(
+            f"{ckpt.path}: saved without a trainer; use deepcore.load and build a Trainer"
+        )
+    by_class = {cls.__name__: cls for cls in LOSSES.values()}
+    loss_name = facts["loss"]["type"]
+    if loss_name not in by_class:
+        raise CheckpointError(f"{ckpt.path}: trainer.loss.type: unknown loss {loss_name!r}")
+    loss = by_class[loss_name](
+        facts["loss"]["reduction"], backend=ckpt.model.backend, dtype=ckpt.model.dtype
+    )
+    trainer = Trainer(
+        ckpt.model,
+        loss,
+        ckpt.optimizer,
+        scheduler=ckpt.scheduler,
+        seed=None,
+        clip_grad_norm=facts["clip_grad_norm"],
+    )
+    rng = ckpt.data_rng_state or np.random.default_rng().bit_generator.state
+    trainer.load_state_dict({**facts, "epoch": ckpt.epoch, "step": ckpt.step, "rng": rng})
+    return trainer
 
 
 def _progress(enabled: bool, total: int) -> Any:

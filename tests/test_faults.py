@@ -11,8 +11,8 @@ import pytest
 
 import deepcore as dc
 from deepcore.errors import CheckpointError, NonFiniteError
-from deepcore.io import CheckpointEveryEpoch, load_trainer
-from deepcore.train import Trainer
+from deepcore.io import CheckpointEveryEpoch
+from deepcore.train import Trainer, load_trainer
 
 
 @pytest.fixture
@@ -109,15 +109,20 @@ def test_newer_format_version(tmp_path: Path) -> None:
 
 
 def test_unknown_optimizer_class_is_a_checkpoint_error(good: Path) -> None:
-    from safetensors import safe_open
+    from ckpt_tools import rewrite
+
+    rewrite(good, lambda t, info: info["optimizer"].update({"class": "Lion"}))
+    _expect(good, "optimizer", "Lion")
+
+
+def test_edited_header_fails_the_checksum(good: Path) -> None:
+    from ckpt_tools import raw
     from safetensors.numpy import save_file
 
-    with safe_open(good, framework="np") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
-        meta = f.metadata()
+    tensors, meta = raw(good)
     meta["optimizer"] = meta["optimizer"].replace('"Adam"', '"Lion"')
     save_file(tensors, str(good), metadata=meta)
-    _expect(good, "optimizer", "Lion")
+    _expect(good, "checksum")
 
 
 # ------------------------------------------------------------------ training faults
@@ -184,13 +189,50 @@ def test_non_finite_input_names_row_and_column() -> None:
         trainer.fit((X, np.zeros(5, np.int64)), epochs=1, progress=False)
 
 
-def test_labels_out_of_range() -> None:
-    trainer = Trainer(dc.nn.mlp([3, 2]), "cross_entropy", "sgd", lr=0.1)
+@pytest.mark.parametrize("fused", [False, "auto"])
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [
+        (
+            [0, 1, 5, 1],
+            r"label 5 at row 2 is out of range \(labels must be whole numbers in \[0, 1\]",
+        ),
+        (
+            [0, -1, 1, 1],
+            r"label -1 at row 1 is out of range \(labels must be whole numbers in \[0, 1\]",
+        ),
+        (
+            [0.0, 1.0, 1.5, 0.0],
+            r"label 1\.5 at row 2 is not a whole number \(labels must be whole numbers in \[0, 1\]",
+        ),
+        ([0.0, 1.0, 2.0, 0.0], r"label 2 at row 2 is out of range"),
+    ],
+)
+def test_bad_labels_same_error_on_every_backend_and_route(
+    backend_name: str, fused: bool | str, y: list, message: str
+) -> None:
+    """Float labels that are not whole and out-of-range labels: one ValueError naming value, row
+    and range, whichever backend and route (the numba fused step used to truncate 1.5 to 1 and
+    raise IndexError for 5)."""
     X = np.zeros((4, 3), np.float32)
-    with pytest.raises(ValueError, match=r"label 5 is out of range for 2 classes"):
-        trainer.fit((X, np.array([0, 1, 5, 1])), epochs=1, progress=False)
-    with pytest.raises(ValueError, match=r"label -1 is out of range"):
-        trainer.fit((X, np.array([0, -1, 1, 1])), epochs=1, progress=False)
+    model = dc.nn.mlp([3, 2], backend=backend_name)
+    trainer = Trainer(model, "cross_entropy", "sgd", lr=0.1, fused=fused)
+    with pytest.raises(ValueError, match=message):
+        trainer.fit((X, np.array(y)), epochs=1, batch_size=4, progress=False)
+    loss_fn = dc.nn.CrossEntropyLoss()  # the hand-written loop meets the same check
+    with pytest.raises(ValueError, match=message):
+        loss_fn(model(X), np.array(y))
+
+
+def test_whole_float_labels_train_like_integers() -> None:
+    X = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    runs = []
+    for labels in (y, y.astype(np.float64)):
+        dc.seed(0)
+        t = Trainer(dc.nn.mlp([3, 2]), "cross_entropy", "sgd", lr=0.1, seed=0)
+        runs.append(t.fit((X, labels), epochs=2, batch_size=4, progress=False).last["loss"])
+    assert runs[0] == runs[1]
 
 
 def test_empty_dataset() -> None:

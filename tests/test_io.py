@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import deepcore as dc
+from deepcore import _atomic
 from deepcore import _checkpoint_format as fmt
 from deepcore.errors import CheckpointError
 from deepcore.io import load_into
@@ -168,7 +169,7 @@ def test_interrupted_save_keeps_the_old_checkpoint(
         f.flush()
         raise error
 
-    monkeypatch.setattr(fmt, "_write_all", half_then_fail)
+    monkeypatch.setattr(_atomic, "_write_all", half_then_fail)
     with pytest.raises(type(error)):
         dc.save(path, dc.nn.mlp([4, 3]), extra={"generation": 2})
     assert path.read_bytes() == old_bytes

@@ -244,11 +244,15 @@ def test_one_dimensional_input(backend_name):
         layer(np.ones(4))
 
 
-def test_float_labels_are_rejected(backend_name):
+def test_float_labels_must_be_whole_numbers(backend_name):
+    """Whole-number floats are class indices (as scikit-learn takes them); any other float is
+    refused naming its value, row and the allowed range (issue 18: one check, every route)."""
     model = dc.nn.mlp([4, 3], backend=backend_name)
     loss_fn = dc.nn.CrossEntropyLoss()
-    with pytest.raises(DtypeError, match="astype"):
-        loss_fn(model(np.ones((2, 4))), np.array([0.0, 1.0]))
+    x = np.ones((2, 4))
+    assert float(loss_fn(model(x), np.array([0.0, 1.0]))) == float(loss_fn(model(x), [0, 1]))
+    with pytest.raises(ValueError, match=r"label 0\.5 at row 1 is not a whole number.*\[0, 2\]"):
+        loss_fn(model(x), np.array([0.0, 0.5]))
 
 
 @pytest.mark.parametrize("bad", [3, 7, -1])

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import deepcore as dc
-from deepcore.io import CheckpointEveryEpoch, load_trainer, save_trainer
-from deepcore.train import Trainer
+from deepcore.io import CheckpointEveryEpoch, save_trainer
+from deepcore.train import Trainer, load_trainer
 
 
 @functools.lru_cache(maxsize=1)

@@ -91,9 +91,22 @@ def encode_labels(
 
 
 def _check_finite(
-    X: np.ndarray, names: Sequence[str], source: str, row_numbers: Sequence[int] | None = None
+    X: np.ndarray,
+    names: Sequence[str],
+    source: str,
+    row_numbers: Sequence[int] | None = None,
+    dtype: np.dtype | None = None,
+    col_numbers: Sequence[int] | None = None,
 ) -> None:
-    """Reject NaN/Inf features, naming the first offending column and row."""
+    """Reject NaN/Inf features, and values that overflow `dtype` (a 1e39 in float32), naming
+    the first offending cell: its line in a CSV (row_numbers) or its row, and its column."""
+    unit = "line" if row_numbers is not None else "row"
+
+    def where(r: int, k: int) -> str:
+        line = row_numbers[r] if row_numbers is not None else r
+        col = col_numbers[k] if col_numbers is not None else k + 1
+        return f"{unit} {line}, column {col} ({names[k]!r})"
+
     bad = ~np.isfinite(X)
     if bad.any():
         r, k = (int(i) for i in np.argwhere(bad)[0])
@@ -102,6 +115,15 @@ def _check_finite(
             f"{source}: feature column {names[k]!r} has a non-finite value {X[r, k]} "
             f"at row {line}; NaN/Inf are not allowed in features"
         )
+    if dtype is not None and dtype != X.dtype:
+        limit = np.finfo(dtype).max
+        over = np.abs(X) > limit
+        if over.any():
+            r, k = (int(i) for i in np.argwhere(over)[0])
+            raise ValueError(
+                f"{source}: {where(r, k)}: value {X[r, k]:g} overflows {dtype} (largest "
+                f"{limit:.4g}); scale the column or load with dtype=float64"
+            )
 
 
 def _resolve_label(label: str | int, columns: Sequence[str], source: str) -> int:
@@ -191,9 +213,11 @@ def load_csv(
                     f"at row {line}"
                 ) from None
         raw_labels.append(row[li].strip())
+        if not raw_labels[-1]:
+            raise ValueError(f"{path}: line {line}: empty label in column {columns[li]!r}")
     names = [columns[j] for j in feat_cols]
     lines = [line for line, _ in rows]
-    _check_finite(X, names, str(path), lines)
+    _check_finite(X, names, str(path), lines, dtype, [j + 1 for j in feat_cols])
     y, n_classes, classes = encode_labels(
         np.array(raw_labels, dtype=str), task, f"{path}: label column {columns[li]!r}", dtype, lines
     )
@@ -282,7 +306,7 @@ def load_npz(
         raise ValueError(f"{path}: X has {len(X)} rows but y has {len(y_raw)}")
     names_or_idx = names or [str(j) for j in range(X.shape[1])]
     X = X.astype(np.float64)
-    _check_finite(X, names_or_idx, str(path))
+    _check_finite(X, names_or_idx, str(path), dtype=dtype)
     y, n_classes, classes = encode_labels(np.asarray(y_raw), task, f"{path}: labels", dtype)
     return Dataset(
         X=X.astype(dtype),

@@ -26,13 +26,12 @@ class Activation(Module):
     def forward(self, x: Any) -> Any:
         x = self._input(x)
         y = self.backend.activation(self.kind, x, alpha=self.alpha)
-        if self.training:
-            self._cache_x, self._cache_y = x, y
+        self._cache_x, self._cache_y = x, y  # eval mode too, as PyTorch: backward stays right
         return y
 
     def backward(self, grad_output: Any) -> Any:
         if self._cache_y is None:
-            raise RuntimeError(f"{self._label()}: backward called before a training-mode forward")
+            raise RuntimeError(f"{self._label()}: backward called before a forward")
         dy = self._input(grad_output)
         return self.backend.activation_backward(
             self.kind, dy, x=self._cache_x, y=self._cache_y, alpha=self.alpha
@@ -123,13 +122,12 @@ class Softmax(Activation):
     def forward(self, x: Any) -> Any:
         x = self._input(x)
         y = self.backend.softmax(x)
-        if self.training:
-            self._cache_y = y
+        self._cache_y = y
         return y
 
     def backward(self, grad_output: Any) -> Any:
         if self._cache_y is None:
-            raise RuntimeError("Softmax: backward called before a training-mode forward")
+            raise RuntimeError("Softmax: backward called before a forward")
         return self.backend.softmax_backward(self._input(grad_output), self._cache_y)
 
     def config(self) -> dict[str, Any]:

@@ -54,8 +54,9 @@ class Linear(Module):
         b = self.bias.data if self.bias is not None else None
         linear = be.linear_bf16 if self._bf16() else be.linear
         linear(x, self.weight.data, b, activation=kind, alpha=alpha, out=y, pre_out=pre)
-        if self.training:
-            self._cache_x, self._cache_y, self._cache_pre = x, y, pre
+        # cached in eval mode too (as PyTorch records it): backward after an eval forward uses
+        # this forward's activations, never an earlier training forward's
+        self._cache_x, self._cache_y, self._cache_pre = x, y, pre
         return y
 
     def backward(
@@ -66,7 +67,7 @@ class Linear(Module):
         need_input_grad: bool = True,
     ) -> Any:
         if self._cache_x is None:
-            raise RuntimeError(f"{self._label()}: backward called before a training-mode forward")
+            raise RuntimeError(f"{self._label()}: backward called before a forward")
         be = self.backend
         dy = self._input(grad_output)
         x, y, pre = self._cache_x, self._cache_y, self._cache_pre

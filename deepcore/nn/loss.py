@@ -99,11 +99,7 @@ class CrossEntropyLoss(Loss):
         n, c = logits.shape
         be = self.backend
         if be.device == "cpu" or not be.owns(target):  # host labels: validate here, once
-            import numpy as np  # host-side validation of user labels, not compute
-
-            t = np.asarray(target)
-            _check_labels(t, n, c)
-            return be.asarray(t.astype(np.int64, copy=False))
+            return be.asarray(check_labels(target, n, c))
         if target.dtype.kind not in "iu" or target.shape != (n,):
             raise ShapeError(
                 f"CrossEntropyLoss: labels must be integers of shape ({n},), "
@@ -118,25 +114,40 @@ class CrossEntropyLoss(Loss):
         return int(logits.shape[0])
 
 
-def _check_labels(t: Any, n: int, c: int) -> None:
-    if t.ndim != 1 or t.shape[0] != n:
+def check_labels(labels: Any, n_rows: int, n_classes: int) -> Any:
+    """Class labels as int64 after one check shared by every backend and route: shape (n_rows,),
+    whole numbers (int, or float holding whole values) in [0, n_classes - 1]. A bad label is a
+    ValueError naming its value, its row and the allowed range."""
+    import numpy as np  # host-side validation of user labels, not compute
+
+    t = np.asarray(labels)
+    if t.ndim != 1 or t.shape[0] != n_rows:
         raise ShapeError(
-            f"CrossEntropyLoss: labels must have shape ({n},) to match the logits, "
+            f"CrossEntropyLoss: labels must have shape ({n_rows},) to match the logits, "
             f"got {tuple(t.shape)}"
         )
-    if t.dtype.kind not in "iu":
-        if t.dtype.kind == "f" and t.size and (t == t.round()).all():
-            raise DtypeError(
-                "CrossEntropyLoss: labels must be integers (got float class indices; "
-                "convert with y.astype(int))"
+    allowed = f"labels must be whole numbers in [0, {n_classes - 1}] for {n_classes} classes"
+    if t.dtype.kind == "f":
+        whole = np.isfinite(t) & (t == np.round(t))
+        if not whole.all():
+            row = int(np.flatnonzero(~whole)[0])
+            raise ValueError(
+                f"CrossEntropyLoss: label {t[row].item()} at row {row} is not a whole number "
+                f"({allowed})"
             )
+    elif t.dtype.kind not in "iu":
         raise DtypeError(f"CrossEntropyLoss: labels must be integer class indices, got {t.dtype}")
-    if t.size and (t.min() < 0 or t.max() >= c):
-        bad = t[(t < 0) | (t >= c)][0]
-        raise ValueError(
-            f"CrossEntropyLoss: label {int(bad)} is out of range for {c} classes "
-            f"(labels must be in [0, {c - 1}])"
-        )
+    if t.size:
+        bad = (t < 0) | (t >= n_classes)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            value = t[row].item()
+            value = int(value) if float(value).is_integer() else value
+            raise ValueError(
+                f"CrossEntropyLoss: label {value} at row {row} is out of range ({allowed})"
+            )
+    return t.astype(np.int64, copy=False)
+
 
 
 class BCEWithLogitsLoss(Loss):
