@@ -149,7 +149,6 @@ def check_labels(labels: Any, n_rows: int, n_classes: int) -> Any:
     return t.astype(np.int64, copy=False)
 
 
-
 class BCEWithLogitsLoss(Loss):
     """Binary cross-entropy on logits with float targets in [0, 1] of the same shape."""
 
