@@ -52,6 +52,7 @@ def _public_methods(cls):
 def _recipes(b, dtype):
     """One call per public method, with device arrays of `b` (made fresh per call)."""
     r = lambda shape, seed: b.asarray(rand(shape, dtype, seed))  # noqa: E731
+    f32 = lambda shape, seed: b.asarray(rand(shape, "float32", seed))  # noqa: E731
     labels = np.array([0, 2, 1, 4, 3, 0], dtype=np.int64)
     opt = dict(lr=0.1)
     return {
@@ -138,6 +139,10 @@ def _recipes(b, dtype):
         ),
         "mlp_backward": lambda: _mlp_backward(b, r),
         "warmup": lambda: b.warmup(),
+        # bf16 GEMM operands are float32 whatever the test's dtype (master weights are float32)
+        "round_bf16": lambda: b.round_bf16(f32((3, 4), 70)),
+        "gemm_bf16": lambda: b.gemm_bf16(f32((5, 3), 71), f32((4, 3), 72), trans_b=True),
+        "linear_bf16": lambda: b.linear_bf16(f32((3, 5), 73), f32((4, 5), 74), f32((4,), 75)),
         "info": lambda: b.info(),
     }
 
