@@ -21,9 +21,10 @@
 # deepcore's own buffers are not involved (tests/test_numba_gemm.py checks them with NaN-filled
 # scratch and FP exceptions raised).
 #
-# Measured here (2 cores, loaded): root 0.5 min, wheels 0.2 min, checks ~10 min (mostly
-# compiling under emulation). Needs root for debootstrap (CI runs as root) and the network to
-# Debian's mirror and PyPI.
+# Measured here from scratch (2 cores, other jobs running): 10.6 min in all: root 0.8 min,
+# wheels 0.7 min, GEMM cases 6.5 min, assembly 0.8 min, training 1 min (mostly compiling
+# under emulation; under heavy load it took twice as long, hence the generous limits).
+# Needs root for debootstrap (CI runs as root) and the network to Debian's mirror and PyPI.
 #   VENV=.venv             the x86 venv (ci/test.sh): its pip fetches the wheels, its numba
 #                          and numpy versions are pinned
 #   AARCH64_WORK=<tmpdir>  where the root, wheels and caches go (removed at the end unless set)
