@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
+
 from .nn import CrossEntropyLoss, Module, Sequential
 from .nn.container import MLPLayers
 from .nn.loss import check_labels
@@ -155,7 +157,7 @@ class TrainStep:
             p._grad_live = True
         args = opt.update_args()
         assert args is not None
-        perm = self._order(args.params)
+        perm, hp, flags = self._order(args.params, args.hp, args.flags)
         nl = len(lins)
         state = [[s[i] for i in perm] for s in args.state]
         while state and all(a is None for a in state[-1]):
@@ -173,7 +175,7 @@ class TrainStep:
             labels,
             args.rule,
             state=state,
-            rows=(args.hp[perm], args.flags[perm]),
+            rows=(hp, flags),
             alpha=spec.alpha,
             masks=spec.masks(n, model.training),
             logits_out=logits,
@@ -181,14 +183,19 @@ class TrainStep:
         opt.zero_grad()
         return loss, logits
 
-    def _order(self, params: list[Any]) -> list[int]:
-        """Positions in the optimizer's order of the MLP's weights, then its biases."""
+    def _order(self, params: list[Any], hp: Any, flags: Any) -> tuple[list[int], Any, Any]:
+        """Positions in the optimizer's order of the MLP's weights, then its biases, and the
+        hyperparameter rows in that order (written into buffers kept from step to step)."""
         key = tuple(map(id, params))
-        if self._perm is None or self._perm[0] != key:
+        if self._perm is None or self._perm[0] != key or self._perm[2].shape != hp.shape:
             where = {id(p): i for i, p in enumerate(params)}
             assert self.spec is not None
-            self._perm = (key, [where[id(p)] for p in self.spec.params])
-        return self._perm[1]
+            perm = [where[id(p)] for p in self.spec.params]
+            self._perm = (key, perm, hp[perm], flags[perm])
+        _, perm, hp_out, flags_out = self._perm
+        np.take(hp, perm, axis=0, out=hp_out)
+        np.take(flags, perm, axis=0, out=flags_out)
+        return perm, hp_out, flags_out
 
 
 def plan_step(

@@ -208,7 +208,8 @@ class Trainer:
     def step_engine(self) -> TrainStep:
         """The planned training step (re-planned when the backend, dtype, hooks or clipping
         change)."""
-        key = (self.model.backend, self.model.dtype, tuple(map(id, self.grad_hooks)),
+        model = self.model
+        key = (model.backend, model.dtype, len(self.grad_hooks), *map(id, self.grad_hooks),
                self.clip_grad_norm, self.fused, self.optimizer, self.precision)  # fmt: skip
         if self._step is None or self._step_for != key:
             self._step = plan_step(

@@ -129,8 +129,21 @@ class Optimizer:
             return None
         cache = self.__dict__.get("_rows")
         dt = params[0].data.dtype
-        if cache is None or cache[1] != dt or cache[0] != packed:
+        if cache is None or cache[1] != dt or len(cache[0]) != len(packed):
             cache = self._rows = (packed, dt, *hyper.rows(packed, dt))
+        elif cache[0] != packed:  # same parameters, new values (Adam: every step): in place,
+            old, hp, flags = cache[0], cache[2], cache[3]  # one write per run of equal rows
+            i, n = 0, len(packed)
+            while i < n:
+                row, j = packed[i], i + 1
+                while j < n and packed[j] is row:
+                    j += 1
+                if row is not old[i] or any(old[k] is not row for k in range(i + 1, j)):
+                    h, f = row
+                    hp[i:j, : len(h)] = h
+                    flags[i:j, : len(f)] = f
+                i = j
+            cache = self._rows = (packed, dt, hp, flags)
         state = [list(b) for b in zip(*bufs, strict=True)]
         return UpdateArgs(self.rule, params, [p.data for p in params], [p._grad for p in params],
                           state, cache[2], cache[3])  # fmt: skip
@@ -156,15 +169,23 @@ class Optimizer:
 
     # ---- devices
     def _follow(self, p: Parameter, state: dict[str, Any]) -> None:
-        """Move state arrays of `p` to p's backend and dtype if they are elsewhere."""
+        """Move state arrays of `p` to p's backend and dtype if they are elsewhere (checked in
+        full only when the parameter's backend or dtype changed: state is created, loaded and
+        moved on the parameter's backend, and those paths forget what was checked)."""
+        seen = self.__dict__.setdefault("_followed", {})
+        key = (p.backend, p.data.dtype)
+        if seen.get(id(p)) == key:
+            return
         for k, v in state.items():
             if hasattr(v, "dtype") and hasattr(v, "shape") and v.ndim > 0:
                 if not p.backend.owns(v) or v.dtype != p.data.dtype:  # dtype.name is slow
                     state[k] = p.backend.asarray(_to_host(v).astype(p.dtype))
+        seen[id(p)] = key
 
     def to(self, backend: str | Backend) -> Optimizer:
         """Move all state to `backend` (parameters are moved by model.to)."""
         be = get_backend(backend)
+        self.__dict__.pop("_followed", None)
         for g in self.param_groups:
             for p in g["params"]:
                 st = self.state.get(id(p))
@@ -232,6 +253,7 @@ class Optimizer:
                 if k != "params":
                     mine[k] = _scalar(v) if not isinstance(v, (tuple, list)) else tuple(v)
         self.state = new_state
+        self.__dict__.pop("_followed", None)
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]

@@ -91,11 +91,20 @@ class NumbaStepMixin(NumbaStagesMixin):
                 plan.flags[...] = fl
                 plan.last_hp = (hyper.RULES.index(optimizer), optimizer, packed)
         else:
-            plan.hp[...] = rows[0]
-            plan.flags[...] = rows[1]
             plan.last_hp = (hyper.RULES.index(optimizer), optimizer, None)
         opt = plan.last_hp[0]
+        hp, flags = plan.hp, plan.flags
+        if rows is not None:
+            hp, flags = rows
+            ok = hp.shape == plan.hp.shape and hp.dtype == net.dt and hp.flags.c_contiguous
+            if not (ok and flags.dtype == plan.flags.dtype and flags.flags.c_contiguous):
+                plan.hp[...] = hp  # the kernels' dtype and layout (and the GEMM epilogue's rows)
+                plan.flags[...] = flags
+                hp, flags = plan.hp, plan.flags
         if not (plan.ok and self._compiled(net, x)):
+            if hp is not plan.hp:
+                plan.hp[...] = hp  # the layered route's GEMM epilogue reads plan's rows
+                plan.flags[...] = flags
             return self._layered_step(plan, weights, biases, weight_grads, bias_grads, x,
                                       labels, optimizer, alpha, masks, logits_out)  # fmt: skip
         m = x.shape[0]
@@ -105,7 +114,7 @@ class NumbaStepMixin(NumbaStagesMixin):
         zs, outs, ins, ds, wts, tmp = self._workspace(net, weights, m, pattern)
         loss = np.empty((), net.dt)  # fresh: callers may keep losses across steps
         args = (*plan.params, net.codes, net.dt.type(alpha), x, labels, marr, ins, opt,
-                *plan.flat, plan.hp, plan.flags, zs, outs, ds, wts, tmp, loss)  # fmt: skip
+                *plan.flat, hp, flags, zs, outs, ds, wts, tmp, loss)  # fmt: skip
         if not self._k.step.mlp_step(*args):
             raise IndexError(f"labels must lie in [0, {weights[-1].shape[0]})")
         if logits_out is not None:
