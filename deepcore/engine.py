@@ -150,14 +150,14 @@ class TrainStep:
         x = lins[0]._input(xb, lins[0].in_features)
         n, classes = x.shape[0], lins[-1].out_features
         labels = yb
-        if not be.owns(yb) or be.device == "cpu":  # host labels: the one shared check
-            labels = check_labels(yb, n, classes)
+        if not be.owns(yb) or be.device == "cpu":  # host labels: the one shared check, before
+            labels = check_labels(yb, n, classes)  # anything (state, step counts) changes
         for p in spec.params:  # the kernel overwrites every gradient
             p.grad_target()
             p._grad_live = True
         args = opt.update_args()
         assert args is not None
-        perm, hp, flags = self._order(args.params, args.hp, args.flags)
+        perm, hp, flags = self._order(args.params, args.hp, args.flags, args.uniform)
         nl = len(lins)
         state = [[s[i] for i in perm] for s in args.state]
         while state and all(a is None for a in state[-1]):
@@ -183,9 +183,11 @@ class TrainStep:
         opt.zero_grad()
         return loss, logits
 
-    def _order(self, params: list[Any], hp: Any, flags: Any) -> tuple[list[int], Any, Any]:
+    def _order(self, params: list[Any], hp: Any, flags: Any,
+               uniform: bool) -> tuple[list[int], Any, Any]:  # fmt: skip
         """Positions in the optimizer's order of the MLP's weights, then its biases, and the
-        hyperparameter rows in that order (written into buffers kept from step to step)."""
+        hyperparameter rows in that order (written into buffers kept from step to step; the
+        rows as they are when they are all the same)."""
         key = tuple(map(id, params))
         if self._perm is None or self._perm[0] != key or self._perm[2].shape != hp.shape:
             where = {id(p): i for i, p in enumerate(params)}
@@ -193,6 +195,8 @@ class TrainStep:
             perm = [where[id(p)] for p in self.spec.params]
             self._perm = (key, perm, hp[perm], flags[perm])
         _, perm, hp_out, flags_out = self._perm
+        if uniform:
+            return perm, hp, flags
         np.take(hp, perm, axis=0, out=hp_out)
         np.take(flags, perm, axis=0, out=flags_out)
         return perm, hp_out, flags_out

@@ -52,6 +52,11 @@ class Adam(Optimizer):
         vmax = self._buffer(p, state, "max_exp_avg_sq") if group["amsgrad"] else None
         return step, [m, v, vmax]
 
+    counts_steps = True
+
+    def _steady_key(self, step: int) -> Any:
+        return step
+
     def _pack(self, group: dict, key: Any) -> tuple:
         return hyper.pack("adam", {**group, "decoupled": self.decoupled}, step=key)
 

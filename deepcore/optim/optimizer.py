@@ -28,6 +28,8 @@ class UpdateArgs(NamedTuple):
     state: list[list[Any]]
     hp: Any
     flags: Any
+    #: Every row the same (one group, one step count): the rows' order does not matter.
+    uniform: bool = False
 
 
 class Optimizer:
@@ -102,6 +104,78 @@ class Optimizer:
     def update_args(self) -> UpdateArgs | None:
         """This step's kernel arguments: advances step counts and creates state buffers, so
         call it once per step, right before the update it describes (None: no gradients)."""
+        fast = self.__dict__.get("_steady")
+        if fast is not None:
+            args = self._steady_args(fast)
+            if args is not None:
+                return args
+        args = self._update_args()
+        self._steady = self._steady_layout(args) if args is not None else None
+        return args
+
+    #: Whether the rule counts steps in each parameter's state["step"] (Adam, RMSprop).
+    counts_steps = False
+
+    def _steady_key(self, step: int) -> Any:
+        """The row key of a step after the first, whose buffers all exist (see `_prepare`)."""
+        return False
+
+    def _steady_layout(self, args: UpdateArgs) -> Any:
+        """What the steady state reuses: the parameters, their states and buffers, and per
+        group its slice of the rows and a snapshot of its hyperparameters."""
+        where = {id(p): i for i, p in enumerate(args.params)}
+        groups = []
+        for gi, g in enumerate(self.param_groups):
+            idx = [where[id(p)] for p in g["params"] if id(p) in where]
+            if idx and idx != list(range(idx[0], idx[0] + len(idx))):
+                return None  # not contiguous: no steady layout
+            if idx:
+                snap = tuple(v for k, v in g.items() if k != "params")
+                states = [self.state[id(args.params[i])] for i in idx]
+                groups.append((gi, g, idx[0], idx[-1] + 1, snap, states))
+        p0 = args.params[0]
+        return (args, groups, p0.backend, p0.data.dtype)
+
+    def _steady_args(self, fast: Any) -> UpdateArgs | None:
+        """update_args for a step like the last one (same live parameters, same buffers, same
+        hyperparameters but the step count), without rebuilding anything; None otherwise."""
+        args, groups, backend, dtype = fast
+        params = args.params
+        n = 0
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p._grad_live and p.requires_grad:
+                    if n >= len(params) or params[n] is not p:
+                        return None
+                    n += 1
+        p0 = params[0]
+        if n != len(params) or p0.backend is not backend or p0.data.dtype != dtype:
+            return None
+        keys = []
+        for _, g, _, _, snap, states in groups:
+            if tuple(v for k, v in g.items() if k != "params") != snap:
+                return None
+            if self.counts_steps:
+                s0 = states[0].get("step")
+                if not isinstance(s0, int) or any(st.get("step") != s0 for st in states):
+                    return None
+                keys.append(self._steady_key(s0 + 1))
+            else:
+                keys.append(self._steady_key(0))
+        hp, flags = args.hp, args.flags
+        for (_, g, lo, hi, _, states), key in zip(groups, keys, strict=True):
+            if self.counts_steps:
+                for st in states:
+                    st["step"] += 1
+            h, f = self._pack(g, key)
+            hp[lo:hi, : len(h)] = h
+            flags[lo:hi, : len(f)] = f
+        self.__dict__.pop("_rows", None)  # the slow path's row cache no longer matches hp
+        return UpdateArgs(args.rule, params, [p.data for p in params], [p._grad for p in params],
+                          args.state, hp, flags, len(groups) == 1)  # fmt: skip
+
+    def _update_args(self) -> UpdateArgs | None:
+        """update_args built from scratch (the first step, or anything changed)."""
         params, packed, bufs = [], [], []
         rows = self.__dict__.setdefault("_row_cache", {})
         for gi, group in enumerate(self.param_groups):
@@ -145,8 +219,9 @@ class Optimizer:
                 i = j
             cache = self._rows = (packed, dt, hp, flags)
         state = [list(b) for b in zip(*bufs, strict=True)]
+        uniform = all(r is packed[0] for r in packed)
         return UpdateArgs(self.rule, params, [p.data for p in params], [p._grad for p in params],
-                          state, cache[2], cache[3])  # fmt: skip
+                          state, cache[2], cache[3], uniform)  # fmt: skip
 
     def _prepare(self, p: Parameter, state: dict[str, Any], group: dict) -> tuple[Any, list]:
         """(row key, state buffers) of p for this step: the key selects `_pack`'s row (e.g.
@@ -186,6 +261,7 @@ class Optimizer:
         """Move all state to `backend` (parameters are moved by model.to)."""
         be = get_backend(backend)
         self.__dict__.pop("_followed", None)
+        self.__dict__.pop("_steady", None)
         for g in self.param_groups:
             for p in g["params"]:
                 st = self.state.get(id(p))
@@ -254,6 +330,7 @@ class Optimizer:
                     mine[k] = _scalar(v) if not isinstance(v, (tuple, list)) else tuple(v)
         self.state = new_state
         self.__dict__.pop("_followed", None)
+        self.__dict__.pop("_steady", None)
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]

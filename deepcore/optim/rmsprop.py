@@ -52,5 +52,10 @@ class RMSprop(Optimizer):
         gavg = self._buffer(p, state, "grad_avg") if group["centered"] else None
         return None, [sq, buf, gavg]
 
+    counts_steps = True
+
+    def _steady_key(self, step: int) -> Any:
+        return None
+
     def _pack(self, group: dict, key: Any) -> tuple:
         return hyper.pack("rmsprop", group)
