@@ -292,3 +292,34 @@ def test_sklearn_estimators_run_the_engine(kind, solver):
         np.testing.assert_allclose(fit.loss_curve_, ref.loss_curve_, rtol=1e-9)
         for a, b in zip(fit.coefs_ + fit.intercepts_, ref.coefs_ + ref.intercepts_, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_optimizer_steady_state_follows_changes_made_between_steps():
+    """The optimizer reuses its last step's kernel arguments only while nothing changed: a new
+    learning rate, replaced state or a parameter without gradient each take effect at once, as
+    in a freshly built optimizer fed the same history (compared to the per-parameter rule)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(32, 6)), rng.integers(0, 3, 32)
+
+    def run(fresh_each_step):
+        dc.seed(1)
+        model = dc.nn.mlp([6, 8, 3], backend="numpy", dtype="float64")
+        opt = dc.optim.Adam(model.parameters(), lr=1e-2)
+        loss_fn = dc.nn.CrossEntropyLoss()
+        for t in range(6):
+            if fresh_each_step:
+                opt.__dict__.pop("_steady", None)
+            if t == 2:
+                opt.param_groups[0]["lr"] = 5e-3
+            if t == 4:
+                opt.state = {}  # restart the moments by hand
+            loss_fn(model(X), y)
+            model.backward(loss_fn.backward())
+            if t == 3:
+                model[0].bias.grad = None  # this parameter sits out one step
+            opt.step()
+            opt.zero_grad()
+        return [p.numpy() for p in model.parameters()]
+
+    for a, b in zip(run(False), run(True), strict=True):
+        np.testing.assert_array_equal(a, b)

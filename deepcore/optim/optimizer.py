@@ -152,8 +152,10 @@ class Optimizer:
         if n != len(params) or p0.backend is not backend or p0.data.dtype != dtype:
             return None
         keys = []
-        for _, g, _, _, snap, states in groups:
+        for _, g, lo, _, snap, states in groups:
             if tuple(v for k, v in g.items() if k != "params") != snap:
+                return None
+            if self.state.get(id(params[lo])) is not states[0]:  # state replaced by hand
                 return None
             if self.counts_steps:
                 s0 = states[0].get("step")
