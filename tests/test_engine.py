@@ -323,3 +323,16 @@ def test_optimizer_steady_state_follows_changes_made_between_steps():
 
     for a, b in zip(run(False), run(True), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend_name", AVAILABLE)
+def test_sequential_fuses_again_after_a_layer_is_unfrozen(backend_name):
+    """Freezing a parameter sends the stack module by module; unfreezing it fuses it again."""
+    model = dc.nn.mlp([4, 8, 3], backend=backend_name)
+    x = np.ones((2, 4), "float32")
+    model[0].weight.requires_grad = False
+    model(x)
+    assert model._tape is None
+    model[0].weight.requires_grad = True
+    model(x)
+    assert model._tape is not None

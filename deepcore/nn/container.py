@@ -42,7 +42,8 @@ class MLPLayers:
 
 
 def mlp_layers(layers: list[Module]) -> MLPLayers | None:
-    """`layers` as an MLPLayers when they form a plain MLP with trainable parameters, else None."""
+    """`layers` as an MLPLayers when they form a plain MLP, else None (whether its parameters
+    are trainable is checked per use, by `Sequential.mlp`: it may change after this is cached)."""
     linears: list[Linear] = []
     acts: list[str] = []
     drops: list[Dropout | None] = []
@@ -68,10 +69,7 @@ def mlp_layers(layers: list[Module]) -> MLPLayers | None:
         drops.append(drop)
     if not linears or len(alphas) > 1:
         return None
-    spec = MLPLayers(linears, acts, drops, alphas.pop() if alphas else 0.01)
-    if not all(p.requires_grad for p in spec.params):
-        return None
-    return spec
+    return MLPLayers(linears, acts, drops, alphas.pop() if alphas else 0.01)
 
 
 class Sequential(Module):
