@@ -17,12 +17,10 @@ class MLPTape:
     output out[l], the dropout mask masks[l] (None, or an empty array, where none) and ins[l]
     (out[l] * masks[l], or out[l] itself)."""
 
-    __slots__ = ("backend", "weights", "acts", "alpha", "x", "masks", "pre", "out", "ins",
-                 "extra")  # fmt: skip
+    __slots__ = ("weights", "acts", "alpha", "x", "masks", "pre", "out", "ins", "extra")
 
-    def __init__(self, backend: str, weights: tuple, acts: tuple, alpha: float, x: Any,
-                 masks: Any, pre: Any, out: Any, ins: Any) -> None:  # fmt: skip
-        self.backend = backend
+    def __init__(self, weights: tuple, acts: tuple, alpha: float, x: Any, masks: Any, pre: Any,
+                 out: Any, ins: Any) -> None:  # fmt: skip
         self.weights, self.acts, self.alpha, self.x = weights, acts, alpha, x
         self.masks, self.pre, self.out, self.ins = masks, pre, out, ins
         self.extra: Any = None  # a backend's own bookkeeping
@@ -70,7 +68,7 @@ class StageKernels:
             outs.append(y)
             ins.append(nxt)
             src = nxt
-        tape = MLPTape(getattr(self, "name", ""), tuple(weights), tuple(activations), alpha, x,
+        tape = MLPTape(tuple(weights), tuple(activations), alpha, x,
                        tuple(masks), tuple(pres), tuple(outs), tuple(ins))  # fmt: skip
         return src, tape
 

@@ -172,16 +172,14 @@ class Optimizer:
             h, f = self._pack(g, key)
             hp[lo:hi, : len(h)] = h
             flags[lo:hi, : len(f)] = f
-        self.__dict__.pop("_rows", None)  # the slow path's row cache no longer matches hp
         return UpdateArgs(args.rule, params, [p.data for p in params], [p._grad for p in params],
                           args.state, hp, flags, len(groups) == 1)  # fmt: skip
 
     def _update_args(self) -> UpdateArgs | None:
         """update_args built from scratch (the first step, or anything changed)."""
         params, packed, bufs = [], [], []
-        rows = self.__dict__.setdefault("_row_cache", {})
+        rows: dict[Any, tuple] = {}  # (group, key) -> packed row, shared by a group's parameters
         for gi, group in enumerate(self.param_groups):
-            snap = None
             for p in group["params"]:
                 if not (p._grad_live and p.requires_grad):
                     continue
@@ -191,39 +189,19 @@ class Optimizer:
                 elif state:
                     self._follow(p, state)
                 key, buffers = self._prepare(p, state, group)
-                if snap is None:
-                    snap = tuple(v for k, v in group.items() if k != "params")
-                hit = rows.get((gi, key))
-                if hit is None or hit[0] != snap:
-                    if len(rows) > 256:
-                        rows.clear()
-                    hit = rows[(gi, key)] = (snap, self._pack(group, key))
+                row = rows.get((gi, key))
+                if row is None:
+                    row = rows[(gi, key)] = self._pack(group, key)
                 params.append(p)
-                packed.append(hit[1])
+                packed.append(row)
                 bufs.append(buffers)
         if not params:
             return None
-        cache = self.__dict__.get("_rows")
-        dt = params[0].data.dtype
-        if cache is None or cache[1] != dt or len(cache[0]) != len(packed):
-            cache = self._rows = (packed, dt, *hyper.rows(packed, dt))
-        elif cache[0] != packed:  # same parameters, new values (Adam: every step): in place,
-            old, hp, flags = cache[0], cache[2], cache[3]  # one write per run of equal rows
-            i, n = 0, len(packed)
-            while i < n:
-                row, j = packed[i], i + 1
-                while j < n and packed[j] is row:
-                    j += 1
-                if row is not old[i] or any(old[k] is not row for k in range(i + 1, j)):
-                    h, f = row
-                    hp[i:j, : len(h)] = h
-                    flags[i:j, : len(f)] = f
-                i = j
-            cache = self._rows = (packed, dt, hp, flags)
+        hp, flags = hyper.rows(packed, params[0].data.dtype)
         state = [list(b) for b in zip(*bufs, strict=True)]
         uniform = all(r is packed[0] for r in packed)
         return UpdateArgs(self.rule, params, [p.data for p in params], [p._grad for p in params],
-                          state, cache[2], cache[3], uniform)  # fmt: skip
+                          state, hp, flags, uniform)  # fmt: skip
 
     def _prepare(self, p: Parameter, state: dict[str, Any], group: dict) -> tuple[Any, list]:
         """(row key, state buffers) of p for this step: the key selects `_pack`'s row (e.g.

@@ -36,6 +36,12 @@ class _Net:
     __slots__ = ("arrays", "acts", "dt", "nl", "ok", "codes", "work", "ws", "nomask", "grads")
 
 
+class _Update:
+    """The arrays of one multi-tensor update and their flat views."""
+
+    __slots__ = ("arrays", "nstate", "flat", "size")
+
+
 def _same(cached: Any, arrays: tuple) -> bool:
     return (
         cached is not None
@@ -180,7 +186,7 @@ class NumbaStagesMixin(Backend):
         zs, outs, ins, ds, wts, tmp = self._workspace(net, weights, m, pattern)
         self._k.step.mlp_forward(tuple(weights), tuple(biases), net.codes, net.dt.type(alpha),
                                  x, marr, zs, outs, ins, wts, tmp)  # fmt: skip
-        tape = MLPTape(self.name, tuple(weights), net.acts, alpha, x, marr, zs, outs, ins)
+        tape = MLPTape(tuple(weights), net.acts, alpha, x, marr, zs, outs, ins)
         tape.extra = (net, ds)
         return ins[-1].copy(), tape  # the caller keeps its output; the workspace is reused
 
@@ -204,7 +210,7 @@ class NumbaStagesMixin(Backend):
             if pattern[l]:
                 np.multiply(outs[l], marr[l], out=ins[l])
             src = ins[l]
-        tape = MLPTape(self.name, tuple(weights), net.acts, alpha, x, marr, zs, outs, ins)
+        tape = MLPTape(tuple(weights), net.acts, alpha, x, marr, zs, outs, ins)
         tape.extra = (net, ds)
         return ins[-1].copy(), tape
 
@@ -307,24 +313,20 @@ class NumbaStagesMixin(Backend):
         """Every parameter's update by `rule` in one compiled call (rows of hp/flags per
         parameter, deepcore.backends.hyper's order); base's per-parameter loop otherwise."""
         arrays = (*params, *grads, *(a for s in state for a in s if a is not None))
-        cache = self.__dict__.get("_last_update")
-        if cache is None or cache[1] != len(state) or not _same(cache[0], arrays):
-            cache = self._update_plan(params, grads, state, arrays)
-            self._last_update = cache
-        flat = cache[2]
-        if flat is None or hp.dtype != params[0].dtype:
+        plan = self.__dict__.get("_last_update")
+        if plan is None or plan.nstate != len(state) or not _same(plan, arrays):
+            plan = self._last_update = self._update_plan(params, grads, state, arrays)
+        if plan.flat is None or hp.dtype != params[0].dtype:
             return Backend.multi_update(self, rule, params, grads, state, hp, flags)
         k = self._k.step
-        fn = k.update_params_parallel if cache[3] >= PARALLEL_ELEMENTS else k.update_params
-        fn(*flat, hyper.RULES.index(rule), hp, flags)
+        fn = k.update_params_parallel if plan.size >= PARALLEL_ELEMENTS else k.update_params
+        fn(*plan.flat, hyper.RULES.index(rule), hp, flags)
         return None
 
-    def _update_plan(self, params: Any, grads: Any, state: Any, arrays: tuple) -> tuple:
-        class _A:
-            __slots__ = ("arrays",)
-
-        holder = _A()
-        holder.arrays = arrays
+    def _update_plan(self, params: Any, grads: Any, state: Any, arrays: tuple) -> _Update:
+        """The flat views `multi_update`'s kernel takes (flat None: the kernels cannot)."""
+        plan = _Update()
+        plan.arrays, plan.nstate, plan.flat, plan.size = arrays, len(state), None, 0
         p0 = params[0]
         dt = p0.dtype if isinstance(p0, np.ndarray) else None
         ok = dt is not None and dt.name in FLOAT_DTYPES
@@ -341,11 +343,12 @@ class NumbaStagesMixin(Backend):
             ok = ok and (isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous
                          and a.size == q.size)  # fmt: skip
         if not ok:
-            return (holder, len(state), None, 0)
+            return plan
         d = self._dummy(dt, 1)
-        flat = (
+        plan.flat = (
             tuple(p.reshape(-1) for p in params),
             tuple(g.reshape(-1) for g in grads),
             *(tuple(d if a is None else a.reshape(-1) for a in s) for s in st),
         )
-        return (holder, len(state), flat, sum(p.size for p in params))
+        plan.size = sum(p.size for p in params)
+        return plan
