@@ -349,3 +349,13 @@ def test_parallel_update_params_equals_serial_bitwise(nb, opt):
         out.append((*ps, *s1, *s2))
     for a, b in zip(*out, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_fused_step_refuses_rmsprop_without_its_rows(nb):
+    """RMSprop's alpha and centered have no keywords: without rows= the call is refused."""
+    w = [np.ones((4, 3), "float32"), np.ones((2, 4), "float32")]
+    b = [np.zeros(4, "float32"), np.zeros(2, "float32")]
+    g = ([np.empty_like(v) for v in w], [np.empty_like(v) for v in b])
+    with pytest.raises(ValueError, match="rmsprop takes its hyperparameters as rows="):
+        nb.fused_mlp_step(w, b, *g, ("relu", "identity"), np.ones((2, 3), "float32"),
+                          np.zeros(2, np.int64), "rmsprop", lr=0.1)  # fmt: skip

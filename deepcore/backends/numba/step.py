@@ -74,6 +74,8 @@ class NumbaStepMixin(NumbaStagesMixin):
                 f"fused_mlp_step: optimizer must be one of {', '.join(hyper.RULES)}, "
                 f"not {optimizer!r}"
             )
+        if rows is None and optimizer == "rmsprop":  # its alpha and centered are not keywords
+            raise ValueError("fused_mlp_step: rmsprop takes its hyperparameters as rows=")
         plan = self._plan(weights, biases, weight_grads, bias_grads, activations, state)
         net = plan.net
         labels = np.asarray(labels)
@@ -82,8 +84,7 @@ class NumbaStepMixin(NumbaStagesMixin):
         if rows is None:
             group = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                          betas=(beta1, beta2), eps=eps, decoupled=decoupled, amsgrad=amsgrad,
-                         weight_decay=weight_decay, maximize=maximize, alpha=0.99,
-                         centered=False)  # fmt: skip
+                         weight_decay=weight_decay, maximize=maximize)  # fmt: skip
             packed = hyper.pack(optimizer, group, step=step, first_step=first_step)
             if (optimizer, packed) != plan.last_hp[1:]:  # a numpy write costs ~1 us
                 hp, fl = hyper.rows([packed] * (2 * net.nl), net.dt)
