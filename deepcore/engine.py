@@ -82,6 +82,7 @@ class TrainStep:
             )
         self.fused = self.route != "stages"
         self._perm: Any = None
+        self._state: Any = None
         self._logits_buf: Any = None
 
     def _whole_step_refusal(self) -> str | None:
@@ -159,9 +160,7 @@ class TrainStep:
         assert args is not None
         perm, hp, flags = self._order(args.params, args.hp, args.flags, args.uniform)
         nl = len(lins)
-        state = [[s[i] for i in perm] for s in args.state]
-        while state and all(a is None for a in state[-1]):
-            state.pop()
+        state = self._state_in_order(args.state, perm)
         logits = self._logits_buf
         if logits is None or logits.shape != (n, classes) or not be.owns(logits):
             logits = self._logits_buf = be.empty((n, classes), model.dtype)
@@ -182,6 +181,18 @@ class TrainStep:
         )
         opt.zero_grad()
         return loss, logits
+
+    def _state_in_order(self, state: list[list[Any]], perm: list[int]) -> list[list[Any]]:
+        """The optimizer's state lists in the MLP's order, unused trailing lists dropped (kept
+        while the optimizer hands over the same lists, as it does from step to step)."""
+        last = self._state
+        if last is not None and last[0] is state and last[1] is perm:
+            return last[2]
+        out = [[s[i] for i in perm] for s in state]
+        while out and all(a is None for a in out[-1]):
+            out.pop()
+        self._state = (state, perm, out)
+        return out
 
     def _order(self, params: list[Any], hp: Any, flags: Any,
                uniform: bool) -> tuple[list[int], Any, Any]:  # fmt: skip

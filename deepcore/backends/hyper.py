@@ -38,8 +38,16 @@ def adam_scalars(
     )  # fmt: skip
 
 
-def pack(rule: str, group: dict[str, Any], *, step: int = 1, first_step: bool = False) -> tuple:
-    """(hp floats, flags) of `rule` for one parameter group at this step (Python numbers)."""
+def pack(
+    rule: str,
+    group: dict[str, Any],
+    *,
+    step: int = 1,
+    first_step: bool = False,
+    decoupled: bool | None = None,
+) -> tuple:
+    """(hp floats, flags) of `rule` for one parameter group at this step (Python numbers).
+    Adam's decay is decoupled (AdamW) when `decoupled`, or when the group says so."""
     wd = float(group.get("weight_decay", 0.0))
     maximize = bool(group.get("maximize", False))
     lr = float(group["lr"])
@@ -49,7 +57,9 @@ def pack(rule: str, group: dict[str, Any], *, step: int = 1, first_step: bool = 
     elif rule == "adam":
         beta1, beta2 = group["betas"]
         hp = adam_scalars(step, lr, float(beta1), float(beta2), float(group["eps"]), wd)
-        flags = (bool(group.get("decoupled", False)), bool(group["amsgrad"]), maximize)
+        if decoupled is None:
+            decoupled = bool(group.get("decoupled", False))
+        flags = (decoupled, bool(group["amsgrad"]), maximize)
     elif rule == "rmsprop":
         alpha = float(group["alpha"])
         hp = (lr, alpha, 1.0 - alpha, float(group["eps"]), wd, float(group["momentum"]))

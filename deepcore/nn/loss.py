@@ -126,27 +126,42 @@ def check_labels(labels: Any, n_rows: int, n_classes: int) -> Any:
             f"CrossEntropyLoss: labels must have shape ({n_rows},) to match the logits, "
             f"got {tuple(t.shape)}"
         )
-    allowed = f"labels must be whole numbers in [0, {n_classes - 1}] for {n_classes} classes"
-    if t.dtype.kind == "f":
+    kind = t.dtype.kind
+    if kind == "f":
         whole = np.isfinite(t) & (t == np.round(t))
         if not whole.all():
             row = int(np.flatnonzero(~whole)[0])
             raise ValueError(
                 f"CrossEntropyLoss: label {t[row].item()} at row {row} is not a whole number "
-                f"({allowed})"
+                f"({_allowed(n_classes)})"
             )
-    elif t.dtype.kind not in "iu":
+    elif kind not in "iu":
         raise DtypeError(f"CrossEntropyLoss: labels must be integer class indices, got {t.dtype}")
-    if t.size:
-        bad = (t < 0) | (t >= n_classes)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            value = t[row].item()
-            value = int(value) if float(value).is_integer() else value
-            raise ValueError(
-                f"CrossEntropyLoss: label {value} at row {row} is out of range ({allowed})"
-            )
-    return t.astype(np.int64, copy=False)
+    if t.size and _out_of_range(t, n_classes):
+        row = int(np.flatnonzero((t < 0) | (t >= n_classes))[0])
+        value = t[row].item()
+        value = int(value) if float(value).is_integer() else value
+        raise ValueError(
+            f"CrossEntropyLoss: label {value} at row {row} is out of range "
+            f"({_allowed(n_classes)})"
+        )
+    return t if t.dtype == np.int64 else t.astype(np.int64)
+
+
+def _allowed(n_classes: int) -> str:
+    return f"labels must be whole numbers in [0, {n_classes - 1}] for {n_classes} classes"
+
+
+def _out_of_range(t: Any, n_classes: int) -> bool:
+    """Whether any label lies outside [0, n_classes): for integers one reduction (negative
+    values read as unsigned are huge); floats (already whole) get the explicit test."""
+    import numpy as np
+
+    if t.dtype.kind == "i":
+        t = t.view(f"u{t.dtype.itemsize}")
+    elif t.dtype.kind != "u":
+        return bool(((t < 0) | (t >= n_classes)).any())
+    return bool(np.maximum.reduce(t, axis=None) >= n_classes)
 
 
 class BCEWithLogitsLoss(Loss):

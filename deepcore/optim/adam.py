@@ -58,7 +58,7 @@ class Adam(Optimizer):
         return step
 
     def _pack(self, group: dict, key: Any) -> tuple:
-        return hyper.pack("adam", {**group, "decoupled": self.decoupled}, step=key)
+        return hyper.pack("adam", group, step=key, decoupled=self.decoupled)
 
 
 class AdamW(Adam):

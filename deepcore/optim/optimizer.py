@@ -122,17 +122,16 @@ class Optimizer:
 
     def _steady_layout(self, args: UpdateArgs) -> Any:
         """What the steady state reuses: the parameters, their states and buffers, and per
-        group its slice of the rows and a snapshot of its hyperparameters."""
+        group its slice of the rows, a snapshot of its values and the row last written there."""
         where = {id(p): i for i, p in enumerate(args.params)}
         groups = []
-        for gi, g in enumerate(self.param_groups):
+        for g in self.param_groups:
             idx = [where[id(p)] for p in g["params"] if id(p) in where]
             if idx and idx != list(range(idx[0], idx[0] + len(idx))):
                 return None  # not contiguous: no steady layout
             if idx:
-                snap = tuple(v for k, v in g.items() if k != "params")
                 states = [self.state[id(args.params[i])] for i in idx]
-                groups.append((gi, g, idx[0], idx[-1] + 1, snap, states))
+                groups.append([g, idx[0], idx[-1] + 1, tuple(g.values()), states, None])
         p0 = args.params[0]
         return (args, groups, p0.backend, p0.data.dtype)
 
@@ -151,27 +150,32 @@ class Optimizer:
         p0 = params[0]
         if n != len(params) or p0.backend is not backend or p0.data.dtype != dtype:
             return None
-        keys = []
-        for _, g, lo, _, snap, states in groups:
-            if tuple(v for k, v in g.items() if k != "params") != snap:
-                return None
-            if self.state.get(id(params[lo])) is not states[0]:  # state replaced by hand
-                return None
-            if self.counts_steps:
+        counts = self.counts_steps
+        for g, lo, _, snap, states, _ in groups:
+            if tuple(g.values()) != snap or self.state.get(id(params[lo])) is not states[0]:
+                return None  # hyperparameters changed, or state replaced by hand
+            if counts:
                 s0 = states[0].get("step")
-                if not isinstance(s0, int) or any(st.get("step") != s0 for st in states):
+                if type(s0) is not int:
                     return None
-                keys.append(self._steady_key(s0 + 1))
-            else:
-                keys.append(self._steady_key(0))
-        hp, flags = args.hp, args.flags
-        for (_, g, lo, hi, _, states), key in zip(groups, keys, strict=True):
-            if self.counts_steps:
                 for st in states:
-                    st["step"] += 1
-            h, f = self._pack(g, key)
-            hp[lo:hi, : len(h)] = h
-            flags[lo:hi, : len(f)] = f
+                    if st.get("step") != s0:
+                        return None
+        hp, flags = args.hp, args.flags
+        for grp in groups:
+            g, lo, hi, _, states, last = grp
+            if counts:
+                s1 = states[0]["step"] + 1
+                for st in states:
+                    st["step"] = s1
+                h, f = self._pack(g, self._steady_key(s1))
+            else:
+                h, f = self._pack(g, self._steady_key(0))
+            if last is None or h != last[0]:  # write what changed (a NumPy write costs ~1 us)
+                hp[lo:hi, : len(h)] = h
+            if last is None or f != last[1]:
+                flags[lo:hi, : len(f)] = f
+            grp[5] = (h, f)
         return UpdateArgs(args.rule, params, [p.data for p in params], [p._grad for p in params],
                           args.state, hp, flags, len(groups) == 1)  # fmt: skip
 

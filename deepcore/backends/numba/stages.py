@@ -187,7 +187,7 @@ class NumbaStagesMixin(Backend):
         self._k.step.mlp_forward(tuple(weights), tuple(biases), net.codes, net.dt.type(alpha),
                                  x, marr, zs, outs, ins, wts, tmp)  # fmt: skip
         tape = MLPTape(tuple(weights), net.acts, alpha, x, marr, zs, outs, ins)
-        tape.extra = (net, ds)
+        tape.extra = (net, ds, True)  # (net, d buffers, whether backward takes one call)
         return ins[-1].copy(), tape  # the caller keeps its output; the workspace is reused
 
     def _layered_forward(self, net: _Net, weights: Any, biases: Any, x: Any, alpha: float,
@@ -211,7 +211,7 @@ class NumbaStagesMixin(Backend):
                 np.multiply(outs[l], marr[l], out=ins[l])
             src = ins[l]
         tape = MLPTape(tuple(weights), net.acts, alpha, x, marr, zs, outs, ins)
-        tape.extra = (net, ds)
+        tape.extra = (net, ds, False)
         return ins[-1].copy(), tape
 
     def _direct(self, net: _Net, x: Any) -> bool:
@@ -237,7 +237,7 @@ class NumbaStagesMixin(Backend):
                 self, tape, grad_output, weight_grads, bias_grads, accumulate=accumulate,
                 need_input_grad=need_input_grad, on_layer=on_layer,
             )  # fmt: skip
-        net, ds = extra
+        net, ds, compiled = extra
         d_last = ds[-1]
         g = grad_output if type(grad_output) is np.ndarray else self.asarray(grad_output)
         if g.shape != d_last.shape:
@@ -253,7 +253,7 @@ class NumbaStagesMixin(Backend):
             )
             net.grads = grads if ok else None
         dx = np.empty(x.shape, net.dt) if need_input_grad else ds[0][:0]
-        if ok and self._compiled(net, x):
+        if ok and compiled:
             self._k.step.mlp_backward(tape.weights, tuple(weight_grads), tuple(bias_grads),
                                       net.codes, net.dt.type(tape.alpha), x, tape.masks,
                                       tape.pre, tape.out, tape.ins, ds, dx)  # fmt: skip

@@ -126,10 +126,11 @@ class NumbaStepMixin(NumbaStagesMixin):
               state: Any) -> _Plan:  # fmt: skip
         """The validated plan for these arrays (cached by identity: the cache holds them)."""
         arrays = (*weights, *biases, *wgrads, *bgrads, *(a for s in state for a in s))
-        net = self._net(weights, biases, acts)
         last = self.__dict__.get("_last_plan")
-        if _same(last, arrays) and last.nstate == len(state) and last.net is net:
-            return last
+        if (_same(last, arrays) and last.nstate == len(state)
+                and last.net is self.__dict__.get("_last_net") and last.net.acts == tuple(acts)):
+            return last  # (the same weights and biases: the last plan's net)  # fmt: skip
+        net = self._net(weights, biases, acts)
         key = (tuple(map(id, arrays)), len(state), id(net))
         plans = self.__dict__.setdefault("_plans", {})
         plan = plans.get(key)
@@ -196,7 +197,7 @@ class NumbaStepMixin(NumbaStagesMixin):
             return self._staged_step(plan, weights, biases, wgrads, bgrads, x, labels,
                                      optimizer, alpha, masks, logits_out)  # fmt: skip
         logits, tape = self._layered_forward(net, weights, biases, x, alpha, masks)
-        _, ds = tape.extra
+        ds = tape.extra[1]
         loss, _ = self.softmax_cross_entropy(tape.ins[-1], labels, grad_out=ds[-1])
         if logits_out is not None:
             logits_out[...] = logits
