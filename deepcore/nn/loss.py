@@ -142,8 +142,7 @@ def check_labels(labels: Any, n_rows: int, n_classes: int) -> Any:
         value = t[row].item()
         value = int(value) if float(value).is_integer() else value
         raise ValueError(
-            f"CrossEntropyLoss: label {value} at row {row} is out of range "
-            f"({_allowed(n_classes)})"
+            f"CrossEntropyLoss: label {value} at row {row} is out of range ({_allowed(n_classes)})"
         )
     return t if t.dtype == np.int64 else t.astype(np.int64)
 

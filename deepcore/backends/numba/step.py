@@ -127,8 +127,12 @@ class NumbaStepMixin(NumbaStagesMixin):
         """The validated plan for these arrays (cached by identity: the cache holds them)."""
         arrays = (*weights, *biases, *wgrads, *bgrads, *(a for s in state for a in s))
         last = self.__dict__.get("_last_plan")
-        if (_same(last, arrays) and last.nstate == len(state)
-                and last.net is self.__dict__.get("_last_net") and last.net.acts == tuple(acts)):
+        if (
+            _same(last, arrays)
+            and last.nstate == len(state)
+            and last.net is self.__dict__.get("_last_net")
+            and last.net.acts == tuple(acts)
+        ):
             return last  # (the same weights and biases: the last plan's net)  # fmt: skip
         net = self._net(weights, biases, acts)
         key = (tuple(map(id, arrays)), len(state), id(net))
