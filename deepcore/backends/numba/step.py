@@ -127,13 +127,8 @@ class NumbaStepMixin(NumbaStagesMixin):
         """The validated plan for these arrays (cached by identity: the cache holds them)."""
         arrays = (*weights, *biases, *wgrads, *bgrads, *(a for s in state for a in s))
         last = self.__dict__.get("_last_plan")
-        if (
-            _same(last, arrays)
-            and last.nstate == len(state)
-            and last.net is self.__dict__.get("_last_net")
-            and last.net.acts == tuple(acts)
-        ):
-            return last  # (the same weights and biases: the last plan's net)  # fmt: skip
+        if _same(last, arrays) and last.nstate == len(state) and last.net.acts == tuple(acts):
+            return last  # the same weights and biases: the last plan's net holds them
         net = self._net(weights, biases, acts)
         key = (tuple(map(id, arrays)), len(state), id(net))
         plans = self.__dict__.setdefault("_plans", {})
