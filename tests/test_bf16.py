@@ -17,7 +17,7 @@ from deepcore.precision import autocast, get_precision, normalize_precision, rou
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 SIZES = [(1, 1, 1), (7, 33, 5), (33, 7, 257), (257, 130, 33), (65, 64, 1), (6, 200, 514),
-         (130, 97, 1031)]  # fmt: skip
+         (130, 97, 1031), (9, 70, 2100)]  # fmt: skip
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
 U = 2.0**-8  # bf16 unit roundoff (8 significant bits: 2^-8 relative, to nearest)
 U32 = 2.0**-24

@@ -45,10 +45,11 @@ NV_HALF = 2
 LANES = 16
 #: Columns of the register block.
 NR = NV * LANES
-#: K block in bf16 pairs (512 k): a B micro-panel (KC x NR words, 64 KiB) streams from L2.
-KC = 256
-#: NR-wide strips per B block: KC x 8 NR words (512 KiB) stays in L2.
-NC_STRIPS = 8
+#: K block in bf16 pairs (1024 k): a B micro-panel (KC x NR words, 128 KiB) streams from L2;
+#: against 256 pairs, C is read and written half as often (2-5% at 2048^3, BENCHMARKS.md).
+KC = 512
+#: NR-wide strips per B block: KC x 4 NR words (512 KiB) stays in L2.
+NC_STRIPS = 4
 
 
 def has_avx512_bf16() -> bool:
