@@ -383,3 +383,15 @@ def test_bf16_packs_round_to_nearest_even_bit_for_bit(shape):
             got = np.empty(want_b.shape, np.uint32)
             pack(src, t, got, tmp)
             np.testing.assert_array_equal(got, want_b)
+
+
+def test_bf16_packs_refuse_a_strided_operand():
+    _numba()
+    from deepcore.kernels.numba import bf16_pack as kp
+
+    x = np.ones((8, 64), np.float32)[:, ::2]  # 8 x 32, not contiguous
+    tmp = np.empty(1024, np.uint32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kp.pack_a_serial(x, False, np.empty((8, 16), np.uint32), tmp)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kp.pack_b_serial(x, False, np.empty((1, 4, 64), np.uint32), tmp)

@@ -146,7 +146,10 @@ def _transpose_words(src, r0, r1, cols, dst, d_off, d_ld):
 def _pack_a(a, ta, out, tmp):
     """op(a) (m x k) -> out (m x kq words, kq = ceil(k/2)): out[i, q] = bf16(op(a)[i, 2q]) |
     bf16(op(a)[i, 2q+1]) << 16, zero for k's odd tail. op(a) = a.T goes through tmp (kq x m
-    words: rows of a paired, then transposed in registers); tmp has >= kq * m words."""
+    words: rows of a paired, then transposed in registers); tmp has >= kq * m words. a must be
+    C-contiguous (the vector loads index it flat)."""
+    if not a.flags.c_contiguous:
+        raise ValueError("pack_a: a must be C-contiguous")
     m, kq = out.shape
     u = a.view(np.uint32)
     of = out.reshape(-1)
@@ -174,7 +177,10 @@ def _pack_a(a, ta, out, tmp):
 def _pack_b(b, tb, out, tmp):
     """op(b) (k x n) -> out (strips x kq x NR words): out[s, q, j] = bf16(op(b)[2q, s*NR+j]) |
     bf16(op(b)[2q+1, s*NR+j]) << 16, zero past n and for k's odd tail. op(b) = b.T goes
-    through tmp (n x kq words: rows of b paired, then transposed in registers)."""
+    through tmp (n x kq words: rows of b paired, then transposed in registers). b must be
+    C-contiguous (the vector loads index it flat)."""
+    if not b.flags.c_contiguous:
+        raise ValueError("pack_b: b must be C-contiguous")
     ns, kq, nr = out.shape
     n = b.shape[0] if tb else b.shape[1]
     u = b.view(np.uint32)
