@@ -7,10 +7,10 @@ Run: python benchmarks/bf16_step.py [--what peak,gemm,steps] [--workloads wide,m
 
 All contenders run in this one process, interleaved: each round times one block of each (a
 pause first so no other thread pool is still spinning); the figures are medians over rounds, so
-load drifting over the run hits every contender alike. The peak is measured, not looked up:
-the clock from a chain of dependent integer operations (2 cycles an iteration), the bf16 rate
-from 24 independent `vdpbf16ps` chains in registers on one thread; peak = threads x
-instructions a cycle x 32 bf16 pairs x 2 flops x clock.
+load drifting over the run hits every contender alike. The peak is deepcore.machine's (as
+`deepcore info` states it): the clock from a dependent FMA chain, the bf16 rate from 16
+independent `vdpbf16ps` chains held in registers on one thread; peak = threads x instructions
+a cycle x 32 bf16 pairs x 2 flops x clock.
 """
 
 from __future__ import annotations
@@ -40,61 +40,15 @@ def _median_rounds(contenders: dict[str, Any], rounds: int, pause: float = 0.2) 
 
 
 # ------------------------------------------------------------------ the peak
-def measure_peak(threads: int) -> dict[str, float]:
-    from deepcore.kernels.numba.bf16 import vdpbf16
-    from deepcore.kernels.numba.simd import vadd, vload, vstore
-    from numba import njit
+def measure_peak(threads: int, samples: int = 5) -> dict[str, float]:
+    """deepcore.machine's estimate (as `deepcore info` states it), the best of a few samples,
+    with `threads` cores."""
+    from deepcore import machine
 
-    @njit
-    def chain(n, x):  # a shift, then a dependent add (1 cycle each, no LEA): 2 cycles a step
-        for _ in range(n):
-            x = x + (x >> np.uint64(7))
-        return x
-
-    @njit
-    def dots(n, c, a, b):  # 24 independent accumulators: throughput, not latency
-        b0, b1, b2, b3 = vload(b, 0), vload(b, 16), vload(b, 32), vload(b, 48)
-        x0, x1, x2, x3, x4, x5 = (vload(a, 0), vload(a, 16), vload(a, 32), vload(a, 48),
-                                  vload(a, 64), vload(a, 80))  # fmt: skip
-        z = vload(c, 0)
-        c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = c20 = c21 = c22 = c23 = z
-        c30 = c31 = c32 = c33 = c40 = c41 = c42 = c43 = c50 = c51 = c52 = c53 = z
-        for _ in range(n):
-            c00, c01, c02, c03 = (vdpbf16(c00, x0, b0), vdpbf16(c01, x0, b1),
-                                  vdpbf16(c02, x0, b2), vdpbf16(c03, x0, b3))  # fmt: skip
-            c10, c11, c12, c13 = (vdpbf16(c10, x1, b0), vdpbf16(c11, x1, b1),
-                                  vdpbf16(c12, x1, b2), vdpbf16(c13, x1, b3))  # fmt: skip
-            c20, c21, c22, c23 = (vdpbf16(c20, x2, b0), vdpbf16(c21, x2, b1),
-                                  vdpbf16(c22, x2, b2), vdpbf16(c23, x2, b3))  # fmt: skip
-            c30, c31, c32, c33 = (vdpbf16(c30, x3, b0), vdpbf16(c31, x3, b1),
-                                  vdpbf16(c32, x3, b2), vdpbf16(c33, x3, b3))  # fmt: skip
-            c40, c41, c42, c43 = (vdpbf16(c40, x4, b0), vdpbf16(c41, x4, b1),
-                                  vdpbf16(c42, x4, b2), vdpbf16(c43, x4, b3))  # fmt: skip
-            c50, c51, c52, c53 = (vdpbf16(c50, x5, b0), vdpbf16(c51, x5, b1),
-                                  vdpbf16(c52, x5, b2), vdpbf16(c53, x5, b3))  # fmt: skip
-        t = vadd(vadd(vadd(c00, c01), vadd(c02, c03)), vadd(vadd(c10, c11), vadd(c12, c13)))
-        t = vadd(t, vadd(vadd(vadd(c20, c21), vadd(c22, c23)), vadd(vadd(c30, c31), c32)))
-        t = vadd(t, vadd(vadd(vadd(c33, c40), vadd(c41, c42)), vadd(vadd(c43, c50), c51)))
-        vstore(c, 0, vadd(t, vadd(c52, c53)))
-
-    n = 20_000_000
-    chain(10, np.uint64(12345))
-    c = np.zeros(16, np.float32)
-    a = np.zeros(96, np.uint32)
-    b = np.zeros(64, np.uint32)
-    dots(10, c, a, b)
-    hz, per_s = [], []
-    for _ in range(7):
-        t = time.perf_counter()
-        chain(n, np.uint64(12345))
-        hz.append(2 * n / (time.perf_counter() - t))
-        t = time.perf_counter()
-        dots(n // 10, c, a, b)
-        per_s.append(24 * (n // 10) / (time.perf_counter() - t))
-    # the best samples: load only ever slows either down
-    clock, rate = max(hz) / 1e9, max(per_s) / max(hz)
-    return {"clock_ghz": clock, "vdpbf16ps_per_cycle": rate,
-            "peak_gflops": threads * rate * 64 * clock}  # fmt: skip
+    best = max((machine.measure_fma() for _ in range(samples)), key=lambda f: f["bf16_per_s"])
+    pk = machine.peak_from(best, threads, machine.cpu_flags())
+    return {"clock_ghz": pk["clock_ghz"], "vdpbf16ps_per_cycle": best["bf16_per_s"] / (
+        pk["clock_ghz"] * 1e9), "peak_gflops": pk["bf16"]}  # fmt: skip
 
 
 # ------------------------------------------------------------------ the GEMM

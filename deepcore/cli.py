@@ -290,9 +290,10 @@ def _machine_lines() -> None:
     if peak is None:
         print("peak: not measured (needs numba)")
         return
-    bf16 = f", bf16 ~{peak['bf16']:.0f}" if "bf16" in peak else ""
-    print(f"peak GFLOP/s: float32 {peak['float32']:.0f}, float64 {peak['float64']:.0f}{bf16} "
+    print(f"peak GFLOP/s: float32 {peak['float32']:.0f}, float64 {peak['float64']:.0f} "
           f"= {peak['formula']}")  # fmt: skip
+    if "bf16" in peak:
+        print(f"peak GFLOP/s: bf16 {peak['bf16']:.0f} = {peak.get('bf16_formula', '')}")
     for gpu in peak.get("gpu", []):
         print(f"peak GFLOP/s: {gpu['device']} float32 {gpu['float32']:.0f}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -395,3 +396,28 @@ def test_anchors_none_runs_no_sklearn_comparison():
     assert bench.config_from_args(parse(["--anchors", "none"])).sklearn_compare is False
     assert bench.config_from_args(parse(["--anchors", "torch"])).sklearn_compare is False
     assert bench.config_from_args(parse([])).sklearn_compare is True
+
+
+@pytest.mark.parametrize("backends", ["numpy,numba", "numba"])
+def test_bf16_rows_are_gated_against_the_numpy_bf16_reference(backends):
+    """--bf16 adds NAME-bf16 rows (float32 only) gated at float32's tolerance against the NumPy
+    backend's bf16 losses, trained untimed when numpy is not in the run; they get an
+    `x torch-cpu-bf16` ratio like any backend row."""
+    pytest.importorskip("numba")
+    pytest.importorskip("ml_dtypes")
+    anchors = "torch-bf16" if importlib.util.find_spec("torch") else "none"
+    argv = [*FAST, "--backend", backends, "--anchors", anchors, "--optimizer", "sgd", "--bf16"]
+    rows = run_suite(bench.config_from_args(parse([*argv, "--dtype", "float32,float64"])),
+                     log=lambda s: None)["rows"]  # fmt: skip
+    bf16 = {
+        r["runner"]: r for r in rows if r["runner"].endswith("-bf16") and r["kind"] == "backend"
+    }
+    want = {f"{b}-bf16" for b in backends.split(",")}
+    assert set(bf16) == want and all(r["dtype"] == "float32" for r in bf16.values())
+    assert all(r["status"] == "ok" for r in bf16.values()), {
+        k: r["gate_dev"] for k, r in bf16.items()
+    }
+    f32 = next(r for r in rows if r["runner"] == "numba" and r["dtype"] == "float32")
+    assert bf16["numba-bf16"]["losses"] != f32["losses"]  # bf16 really ran
+    if anchors != "none":
+        assert "torch-cpu-bf16" in bf16["numba-bf16"]["ratios"]

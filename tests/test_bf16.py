@@ -17,7 +17,7 @@ from deepcore.precision import autocast, get_precision, normalize_precision, rou
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 SIZES = [(1, 1, 1), (7, 33, 5), (33, 7, 257), (257, 130, 33), (65, 64, 1), (6, 200, 514),
-         (130, 97, 1031)]  # fmt: skip
+         (130, 97, 1031), (9, 70, 2100)]  # fmt: skip
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
 U = 2.0**-8  # bf16 unit roundoff (8 significant bits: 2^-8 relative, to nearest)
 U32 = 2.0**-24
@@ -343,3 +343,55 @@ def test_no_warning_on_bf16_cpu():
         warnings.simplefilter("error")
         be.gemm_bf16(np.ones((4, 4), np.float32), np.ones((4, 4), np.float32))
     assert "vdpbf16ps" in be.bf16_info()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 33), (37, 70), (64, 129), (130, 31)])
+def test_bf16_packs_round_to_nearest_even_bit_for_bit(shape):
+    """The packs (vector bodies and scalar tails, all four layouts) give the bits of
+    precision.round_bf16, including ties, NaN, infinities, signed zeros and subnormals."""
+    _numba()
+    from deepcore.kernels.numba import bf16_pack as kp
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 1e-40, 1 + 2**-8, 1 + 3 * 2**-8,
+                        np.float32(3.3895314e38), -np.nan], np.float32)  # fmt: skip
+    x.reshape(-1)[:: max(1, x.size // special.size)][: special.size] = special[: x.size]
+    bits = (round_bf16(x).view(np.uint32) >> 16).astype(np.uint32)  # (r, c) bf16 bits
+    r, c = shape
+    for t in (False, True):
+        src = np.ascontiguousarray(x.T) if t else x  # op(src) == x
+        m, k = r, c
+        kq = -(-k // 2)
+        pairs = np.zeros((m, 2 * kq), np.uint32)
+        pairs[:, :k] = bits
+        want_a = pairs[:, 0::2] | (pairs[:, 1::2] << 16)
+        tmp = np.empty(kq * max(m, k) + 64, np.uint32)
+        for pack in (kp.pack_a, kp.pack_a_serial):
+            got = np.empty((m, kq), np.uint32)
+            pack(src, t, got, tmp)
+            np.testing.assert_array_equal(got, want_a)
+        # B = x read as k x n (rows of x are k): strips of 64 columns
+        kb, n = r, c
+        kqb = -(-kb // 2)
+        padded = np.zeros((2 * kqb, -(-n // 64) * 64), np.uint32)
+        padded[:kb, :n] = bits
+        words = padded[0::2] | (padded[1::2] << 16)  # kqb x n_pad
+        want_b = words.reshape(kqb, -1, 64).transpose(1, 0, 2)
+        tmp = np.empty(kqb * max(kb, n) + 64, np.uint32)
+        for pack in (kp.pack_b, kp.pack_b_serial):
+            got = np.empty(want_b.shape, np.uint32)
+            pack(src, t, got, tmp)
+            np.testing.assert_array_equal(got, want_b)
+
+
+def test_bf16_packs_refuse_a_strided_operand():
+    _numba()
+    from deepcore.kernels.numba import bf16_pack as kp
+
+    x = np.ones((8, 64), np.float32)[:, ::2]  # 8 x 32, not contiguous
+    tmp = np.empty(1024, np.uint32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kp.pack_a_serial(x, False, np.empty((8, 16), np.uint32), tmp)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kp.pack_b_serial(x, False, np.empty((1, 4, 64), np.uint32), tmp)

@@ -102,6 +102,10 @@ def test_peak_from_a_measured_fma_rate():
     assert "2 cores x 1.0 FMA/cycle x 16 lanes x 2 flops x 3.00 GHz" in p["formula"]
     assert "bf16" not in machine.peak_from(fma, 2, machine.cpu_flags(HASWELL))
     assert machine.peak_from(fma, 1, {"amx_bf16"})["bf16"] == pytest.approx(1024 * 3.0)
+    # a measured vdpbf16ps rate replaces the 2x estimate: 2 cores x 0.5/cycle x 64 flops x 3 GHz
+    p = machine.peak_from({**fma, "bf16_per_s": 1.5e9}, 2, machine.cpu_flags(ZEN5))
+    assert p["bf16"] == pytest.approx(192.0)
+    assert "2 cores x 0.50 vdpbf16ps/cycle x 32 pairs x 2 flops x 3.00 GHz" in p["bf16_formula"]
 
 
 def test_measured_fma_rate_is_consistent():
@@ -113,6 +117,8 @@ def test_measured_fma_rate_is_consistent():
     assert fma["fma_per_s"] > fma["chain_per_s"] > 0
     p = machine.peak_from(fma, 1, set())
     assert 0.2 < p["clock_ghz"] < 8.0
+    if "bf16_per_s" in fma:  # no faster than two vdpbf16ps a cycle
+        assert 0 < fma["bf16_per_s"] < 2.5 * p["clock_ghz"] * 1e9
     assert p["float32"] == pytest.approx(fma["fma_per_s"] * fma["lanes"] * 2 / 1e9)
 
 

@@ -95,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip measuring the peak FLOP rate (about 0.4 s a row; no %% peak column)",
     )
+    p(
+        "--bf16",
+        action="store_true",
+        help="also time the numpy and numba backends with precision bf16 (rows numpy-bf16, "
+        "numba-bf16; float32 rows only), gated against the numpy backend's bf16 losses",
+    )
     p("--json", metavar="PATH", default=None, help="write rows and machine info as JSON")
     p("--plot", metavar="PATH", default=None, help="write a PNG bar chart (needs matplotlib)")
     p(
@@ -193,6 +199,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         threads=get("threads"),
         lr=get("lr"),
         peak=not get("no_peak", False),
+        bf16=bool(get("bf16", False)),
         sklearn_compare="sklearn" in anchors and not get("no_sklearn_compare", False),
     )
 

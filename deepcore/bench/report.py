@@ -146,12 +146,14 @@ def machine_notes(result: dict[str, Any]) -> list[str]:
     out = []
     peak = result.get("peak_gflops")
     if peak:
-        bf16 = f", bf16 ~{peak['bf16']:.0f}" if peak.get("bf16") else ""
+        bf16 = f", bf16 {peak['bf16']:.0f}" if peak.get("bf16") else ""
         gpu = "".join(f", {g['device']} {g['float32']:.0f}" for g in peak.get("gpu", []))
         out.append(
             f"% peak: share of the peak estimate, float32 {peak['float32']:.0f} GFLOP/s, "
-            f"float64 {peak['float64']:.0f}{bf16}{gpu} = {peak['formula']}; the best of "
-            f"{len(result.get('peak_gflops_samples') or [1])} samples, one per row."
+            f"float64 {peak['float64']:.0f}{bf16}{gpu} = {peak['formula']}"
+            + (f"; bf16 = {peak['bf16_formula']}" if peak.get("bf16_formula") else "")
+            + f"; the best of {len(result.get('peak_gflops_samples') or [1])} samples, one per "
+            "row."
         )
     else:
         out.append("% peak: no peak estimate (--no-peak, or no numba to measure it).")

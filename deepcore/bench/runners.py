@@ -81,7 +81,8 @@ def optimizer_config(optimizer: str, lr: float) -> dict[str, Any]:
 
 class DeepcoreRunner(Runner):
     """Any deepcore backend through the public API: `mlp()`, `SGD`/`Adam`, `Trainer.train_step`
-    (so a backend's fused whole-step path, when it has one, is what gets timed)."""
+    (so a backend's fused whole-step path, when it has one, is what gets timed); with
+    precision="bf16", `Trainer(precision="bf16")`, named NAME-bf16."""
 
     kind = "backend"
 
@@ -93,6 +94,7 @@ class DeepcoreRunner(Runner):
         dtype: str,
         state: dict[str, np.ndarray],
         lr: float,
+        precision: str = "float32",
     ) -> None:
         super().__init__(workload, optimizer, dtype, state, lr)
         from ..backends import get_backend
@@ -101,14 +103,15 @@ class DeepcoreRunner(Runner):
         from ..train import Trainer
 
         self.backend = get_backend(backend_name)
-        self.name = self.backend.name
+        self.precision = precision
+        self.name = self.backend.name + ("-bf16" if precision == "bf16" else "")
         self.device = self.backend.device
         self.model = mlp(list(workload.sizes), "relu", backend=self.backend, dtype=dtype)
         self.model.load_state_dict(state)
         opt_cls = SGD if optimizer == "sgd" else Adam
         self.opt = opt_cls(self.model.parameters(), **optimizer_config(optimizer, lr))
         if self.kind == "backend":
-            self.trainer = Trainer(self.model, "cross_entropy", self.opt)
+            self.trainer = Trainer(self.model, "cross_entropy", self.opt, precision=precision)
 
     def warmup(self) -> float:
         """Call the backend's `warmup(dtypes)` (JIT compile) when it has one; the reported

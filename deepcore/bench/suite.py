@@ -33,6 +33,8 @@ from .timing import (
 from .workloads import DEFAULT_LR, Workload, initial_state, make_batches
 
 GATE_RTOL = {"float32": 1e-3, "float64": 1e-9}
+#: Backends whose bf16 rows `--bf16` adds (the CPU ones; the NumPy one is their reference).
+BF16_BACKENDS = ("numpy", "numba")
 Log = Callable[[str], None]
 
 
@@ -54,6 +56,8 @@ class BenchConfig:
     lr: float | None = None
     sklearn_compare: bool = True
     peak: bool = True
+    #: Also time the CPU backends with precision="bf16" (rows NAME-bf16, float32 rows only).
+    bf16: bool = False
 
 
 @dataclass
@@ -65,11 +69,11 @@ class Spec:
 
 
 def gate_check(
-    losses: list[float], ref: list[float], dtype: str, rtol: float | None = None
+    losses: list[float], ref: list[float] | None, dtype: str, rtol: float | None = None
 ) -> tuple[bool, float]:
     """(passed, largest relative deviation) of a runner's gate losses from the reference's;
     `rtol` replaces the dtype's tolerance (bf16 autocast rows)."""
-    if len(losses) != len(ref) or not all(math.isfinite(v) for v in losses):
+    if ref is None or len(losses) != len(ref) or not all(math.isfinite(v) for v in losses):
         return False, math.inf
     dev = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(losses, ref, strict=True))
     return dev <= (rtol or GATE_RTOL[dtype]), dev
@@ -88,6 +92,10 @@ def _specs(
         if "loop" in cfg.anchors:
             loop = lambda n=name: DeepcoreLoopRunner(n, *args)  # noqa: E731
             specs.append(Spec(f"loop-{name}", "loop", loop, mem))
+    if cfg.bf16 and dtype == "float32":
+        for name in sorted(set(cfg.backends) & set(BF16_BACKENDS), key=lambda n: n != "numpy"):
+            make = lambda n=name: DeepcoreRunner(n, *args, precision="bf16")  # noqa: E731
+            specs.append(Spec(f"{name}-bf16", "backend", make, HostMemory))
     if "torch" in cfg.anchors:
         specs.append(
             Spec("torch-cpu", "anchor", lambda: RemoteRunner("torch", *args, threads), HostMemory)
@@ -178,9 +186,11 @@ def _reference(
     lr: float,
     batches: list,
     gate_steps: int,
+    precision: str = "float32",
 ) -> list[float]:
-    """The NumPy backend's gate losses (trained here only when numpy is not being timed)."""
-    runner = DeepcoreRunner("numpy", w, opt, dtype, state, lr)
+    """The NumPy backend's gate losses (trained here only when numpy is not being timed); with
+    precision="bf16" its bf16 reference, which the NAME-bf16 rows are gated against."""
+    runner = DeepcoreRunner("numpy", w, opt, dtype, state, lr, precision)
     return [runner.loss_step(runner.put(*batches[i % len(batches)])) for i in range(gate_steps)]
 
 
@@ -298,9 +308,11 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
             state = initial_state(w, dtype, cfg.seed)
             batches = make_batches(w, dtype, cfg.seed)
             log(f"[{i}/{len(combos)}] {w.name} ({w.shape}, batch {w.batch}) {opt} {dtype}")
-            ref = None
+            ref = ref16 = None
             if "numpy" not in cfg.backends:
                 ref = _reference(cfg, w, dtype, opt, state, lr, batches, gate_steps)
+                if cfg.bf16 and dtype == "float32" and "numba" in cfg.backends:
+                    ref16 = _reference(cfg, w, dtype, opt, state, lr, batches, gate_steps, "bf16")
             timed: list[tuple[dict, Any]] = []
             for spec in _specs(cfg, w, opt, dtype, state, lr, threads):
                 row = _row_base(spec, w, opt, dtype)
@@ -320,7 +332,11 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                 row.update(info)
                 if spec.name == "numpy" and ref is None:
                     ref = row["losses"]
-                ok, dev = gate_check(row["losses"], ref, dtype, row.get("gate_rtol"))
+                if spec.name == "numpy-bf16" and ref16 is None:
+                    ref16 = row["losses"]
+                # bf16 rows: against NumPy's bf16 losses (only GEMM summation orders differ)
+                want = ref16 if spec.kind == "backend" and spec.name.endswith("-bf16") else ref
+                ok, dev = gate_check(row["losses"], want, dtype, row.get("gate_rtol"))
                 row["gate_dev"] = dev
                 row["status"] = ("ok" if ok else "FAILED") if row["gated"] else "not gated"
                 rows.append(row)
@@ -353,6 +369,11 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
         # The machine's rate is the best of all samples: under load, the least disturbed one.
         gemm = {k: max(g[k] for g in gemm_samples) for k in gemm_samples[0]}
         peak = max((p for p in peaks if p), key=lambda p: p["float32"], default=None)
+        best16 = max(
+            (p for p in peaks if p and p.get("bf16")), key=lambda p: p["bf16"], default=None
+        )
+        if peak and best16:  # each precision's best sample (load only ever slows a probe)
+            peak = {**peak, "bf16": best16["bf16"], "bf16_formula": best16.get("bf16_formula")}
         _relate(rows, gemm, peak)
         machine = machine_info()
         machine["threads"] = thread_counts()
@@ -374,6 +395,7 @@ def run_suite(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
             "optimizers": cfg.optimizers,
             "dtypes": cfg.dtypes,
             "anchors": cfg.anchors,
+            "bf16": cfg.bf16,
             "budget_s": cfg.budget_s,
             "windows": cfg.windows,
             "seed": cfg.seed,

@@ -1,11 +1,10 @@
 """bfloat16 GEMM: C (float32) = alpha * op(A) @ op(B) + beta * C with A and B rounded to bf16,
 products summed in float32 by AVX512_BF16's `vdpbf16ps` (32 bf16 pairs a zmm, 64 flops).
 
-- packing (once per operand; parallel for large ones): float32 -> bf16 by round to nearest
-  even, two bf16 of consecutive k in one 32-bit word (low half = even k). A becomes rows of k
-  pairs (m x kq words); op(B) becomes NR-wide strips [strip][pair][NR] words, zero-padded, the
-  layout `vdpbf16ps` multiplies lane by lane. A transposed operand is first paired along its
-  rows into a staging buffer, then transposed as 32-bit words, 16 x 16 in registers.
+- packing (bf16_pack.py; once per operand, parallel for large ones): float32 -> bf16 by round
+  to nearest even, two bf16 of consecutive k in one 32-bit word (low half = even k). A becomes
+  rows of k pairs (m x kq words); op(B) becomes NR-wide strips [strip][pair][NR] words,
+  zero-padded, the layout `vdpbf16ps` multiplies lane by lane.
 - micro-kernel: an MR x NR block of C in MR * NV zmm accumulators (6 x 4 = 24, as the float32
   kernel in micro.py); per k pair it loads NV vectors of B, broadcasts MR words of A and issues
   24 `vdpbf16ps`. The stores, edges and epilogues are micro.py's.
@@ -20,17 +19,24 @@ Needs a CPU with AVX512_BF16 (`has_avx512_bf16`); the backend emulates it elsewh
 
 from __future__ import annotations
 
-import numpy as np
 from llvmlite import ir
 from numba import literally, njit, prange
 from numba.core import cgutils
 
-from ._config import GEMM_OPTS, OPTS
+from ._config import GEMM_OPTS
+from .bf16_pack import (  # noqa: F401  (the packs are this module's API too)
+    PARALLEL_PACK_WORDS,
+    bf16_bits,
+    pack_a,
+    pack_a_serial,
+    pack_b,
+    pack_b_serial,
+)
 from .elementwise import bias_act_flat
 from .gemm import choose_grid
 from .micro import MR, _spill, _store, _store_edge, row_offsets
 from .optimizers import update_flat
-from .simd import Vec, _host_cpu, intrinsic, lanes, vbroadcast, vload, vsplat, vtranspose, vzero
+from .simd import Vec, _host_cpu, intrinsic, lanes, vbroadcast, vload, vsplat, vzero
 
 #: Vectors per row of the register block (4 zmm = 64 float32 columns), and of the half block.
 NV = 4
@@ -39,10 +45,11 @@ NV_HALF = 2
 LANES = 16
 #: Columns of the register block.
 NR = NV * LANES
-#: K block in bf16 pairs (512 k): a B micro-panel (KC x NR words, 64 KiB) streams from L2.
-KC = 256
-#: NR-wide strips per B block: KC x 8 NR words (512 KiB) stays in L2.
-NC_STRIPS = 8
+#: K block in bf16 pairs (1024 k): a B micro-panel (KC x NR words, 128 KiB) streams from L2;
+#: against 256 pairs, C is read and written half as often (2-5% at 2048^3, BENCHMARKS.md).
+KC = 512
+#: NR-wide strips per B block: KC x 4 NR words (512 KiB) stays in L2.
+NC_STRIPS = 4
 
 
 def has_avx512_bf16() -> bool:
@@ -78,129 +85,6 @@ def vdpbf16(typingctx, acc, a, b):  # type: ignore[no-untyped-def]
         return builder.call(fn, [c, builder.bitcast(x, _V32BF16), builder.bitcast(y, _V32BF16)])
 
     return acc(acc, a, b), codegen
-
-
-@njit(inline="always", **OPTS)
-def bf16_bits(u):
-    """The bf16 nearest the float32 with bits u (ties to even), as its 16 bits in a uint32:
-    add 0x7FFF plus the lowest kept bit, drop 16 bits. NaNs stay NaN (made quiet)."""
-    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-        return (u >> np.uint32(16)) | np.uint32(0x40)
-    return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-
-
-@njit(inline="always", **OPTS)
-def _pair(lo, hi):
-    return bf16_bits(lo) | (bf16_bits(hi) << np.uint32(16))
-
-
-@njit(**OPTS)
-def _pair_along_rows(u, i, out, o, k):
-    """out[o + q] = the bf16 pair (u[i, 2q], u[i, 2q+1]) for q < ceil(k/2) (zero-padded)."""
-    for q in range(k // 2):
-        out[o + q] = _pair(u[i, 2 * q], u[i, 2 * q + 1])
-    if k % 2:
-        out[o + k // 2] = bf16_bits(u[i, k - 1])
-
-
-@njit(**OPTS)
-def _pair_rows(u, q, j0, out, o, n):
-    """out[o + j] = the bf16 pair (u[2q, j0+j], u[2q+1, j0+j]) for j < n (zero past u)."""
-    if 2 * q + 1 < u.shape[0]:
-        for j in range(n):
-            out[o + j] = _pair(u[2 * q, j0 + j], u[2 * q + 1, j0 + j])
-    else:
-        for j in range(n):
-            out[o + j] = bf16_bits(u[2 * q, j0 + j])
-
-
-@njit(**OPTS)
-def _transpose_words(src, r0, r1, cols, dst, d_off, d_ld):
-    """dst[d_off + c*d_ld + (r - r0)] = src[r*cols + c] for r0 <= r < r1, c < cols: 16 x 16
-    blocks through registers (simd.vtranspose), the edges element by element."""
-    L = lanes(src)
-    rl = r0 + (r1 - r0) - (r1 - r0) % L
-    cl = cols - cols % L
-    for r in range(r0, rl, L):
-        for c in range(0, cl, L):
-            vtranspose(src, r * cols + c, cols, dst, d_off + c * d_ld + (r - r0), d_ld)
-        for c in range(cl, cols):
-            for i in range(L):
-                dst[d_off + c * d_ld + r - r0 + i] = src[(r + i) * cols + c]
-    for r in range(rl, r1):
-        for c in range(cols):
-            dst[d_off + c * d_ld + r - r0] = src[r * cols + c]
-
-
-def _pack_a(a, ta, out, tmp):
-    """op(a) (m x k) -> out (m x kq words, kq = ceil(k/2)): out[i, q] = bf16(op(a)[i, 2q]) |
-    bf16(op(a)[i, 2q+1]) << 16, zero for k's odd tail. op(a) = a.T goes through tmp (kq x m
-    words: rows of a paired, then transposed in registers); tmp has >= kq * m words."""
-    m, kq = out.shape
-    u = a.view(np.uint32)
-    of = out.reshape(-1)
-    if not ta:
-        for i in prange(m):
-            _pair_along_rows(u, i, of, i * kq, a.shape[1])
-        return
-    for q in prange(kq):
-        _pair_rows(u, q, 0, tmp, q * m, m)
-    nb = -(-m // 16)
-    for blk in prange(nb):  # out rows blk*16.. = tmp columns: out = tmp.T
-        c0 = blk * 16
-        c1 = min(m, c0 + 16)
-        # rows of out c0:c1 from tmp[:, c0:c1]: transpose tmp's (kq x 16) column block
-        for q0 in range(0, kq, 16):
-            q1 = min(kq, q0 + 16)
-            if q1 - q0 == 16 and c1 - c0 == 16:
-                vtranspose(tmp, q0 * m + c0, m, of, c0 * kq + q0, kq)
-            else:
-                for q in range(q0, q1):
-                    for c in range(c0, c1):
-                        of[c * kq + q] = tmp[q * m + c]
-
-
-def _pack_b(b, tb, out, tmp):
-    """op(b) (k x n) -> out (strips x kq x NR words): out[s, q, j] = bf16(op(b)[2q, s*NR+j]) |
-    bf16(op(b)[2q+1, s*NR+j]) << 16, zero past n and for k's odd tail. op(b) = b.T goes
-    through tmp (n x kq words: rows of b paired, then transposed in registers)."""
-    ns, kq, nr = out.shape
-    n = b.shape[0] if tb else b.shape[1]
-    u = b.view(np.uint32)
-    of = out.reshape(-1)
-    z = np.uint32(0)
-    if not tb:
-        for q in prange(kq):  # rows of b paired into tmp (kq x n): both streams contiguous
-            _pair_rows(u, q, 0, tmp, q * n, n)
-        for q in prange(kq):  # then cut into strips
-            for s in range(ns):
-                j0 = s * nr
-                w = min(nr, n - j0)
-                o = (s * kq + q) * nr
-                for j in range(w):
-                    of[o + j] = tmp[q * n + j0 + j]
-                for j in range(w, nr):
-                    of[o + j] = z
-        return
-    for j in prange(n):
-        _pair_along_rows(u, j, tmp, j * kq, b.shape[1])
-    for s in prange(ns):
-        j0 = s * nr
-        w = min(nr, n - j0)
-        _transpose_words(tmp, j0, j0 + w, kq, of, s * kq * nr, nr)
-        for q in range(kq):
-            for j in range(w, nr):
-                of[(s * kq + q) * nr + j] = z
-
-
-#: The packs on all threads (large operands) and on the calling thread (small ones: a parallel
-#: region costs more than the work, and far more on a loaded machine).
-pack_a = njit(parallel=True, **OPTS)(_pack_a)
-pack_b = njit(parallel=True, **OPTS)(_pack_b)
-pack_a_serial = njit(**OPTS)(_pack_a)
-pack_b_serial = njit(**OPTS)(_pack_b)
-#: Words from which a pack runs on all threads.
-PARALLEL_PACK_WORDS = 1 << 16
 
 
 @njit(**GEMM_OPTS)
