@@ -300,14 +300,16 @@ def _device_erf(x: Any) -> Any:
 
 
 _SPECIAL: dict[str, Any] = {"erf": _device_erf}
-_EXPR = re.compile(r"^(\w+)<(float|double)>$")
+_EXPR = re.compile(r"^(\w+)<(float|double|__nv_bfloat16|__half)>$")
+_EXPR_DTYPE = {"float": "float32", "double": "float64", "__nv_bfloat16": "bfloat16",
+               "__half": "float16"}  # fmt: skip
 
 
 class RawModule:
     """Records the NVRTC request; kernels run host-compiled through emulate.h."""
 
     def __init__(self, code: str, options: tuple = (), name_expressions: Any = None, **kw: Any):
-        if "#include" in code:
+        if '#include "' in code:  # CUDA's own headers (<cuda_fp16.h>) come with CuPy's -I
             raise AssertionError("NVRTC would not find local includes: sources must be inlined")
         self.code, self.options = code, tuple(options)
         self.name_expressions = tuple(name_expressions or ())
@@ -322,7 +324,7 @@ class RawModule:
         kernel, ctype = _EXPR.match(name).groups()  # type: ignore[union-attr]
         if f"void {kernel}(" not in self.code:
             raise AssertionError(f"{kernel} is not defined in the module source")
-        dtype = {"float": "float32", "double": "float64"}[ctype]
+        dtype = _EXPR_DTYPE[ctype]
 
         def launch(grid: Any, block: Any, args: tuple, shared_mem: int = 0) -> None:
             for a in args:
