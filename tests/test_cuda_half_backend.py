@@ -192,3 +192,22 @@ def test_fp16_training_on_the_double_skips_an_overflow_and_matches_numpy(gpu):
     assert trainers[1].scaler.skipped_steps >= 2
     for p, q in zip(trainers[1].model.parameters(), trainers[0].model.parameters(), strict=True):
         np.testing.assert_allclose(be.to_host(p.data), q.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_round_on_the_device_is_the_reference_rounding(gpu, precision):
+    """round_bf16 / round_fp16 run dc_round16 then dc_widen16: equal to ml_dtypes / NumPy
+    (NaN stays NaN; CUDA makes it the canonical NaN), shape kept, also for a transposed view."""
+    be, state = gpu
+    ulp = 2.0**-8 if precision == "bf16" else 2.0**-11
+    x = np.array([[1 + ulp / 2, 1 + 3 * ulp / 2, 7e4, -1e-8], [np.nan, np.inf, 0.1, -0.0]],
+                 np.float32)  # fmt: skip
+    got = getattr(be, f"round_{precision}")(be.asarray(x).T)
+    want = ROUND[precision](x.T)
+    assert got.shape == (4, 2) and got.dtype == np.float32
+    h = np.asarray(got.view(np.ndarray))
+    np.testing.assert_array_equal(np.isnan(h), np.isnan(want))
+    ok = ~np.isnan(want)
+    assert (h[ok].view(np.uint32) == want[ok].view(np.uint32)).all()  # -0.0 included
+    storage = "__nv_bfloat16" if precision == "bf16" else "__half"
+    assert [n for n, _, _ in state.launches] == [f"dc_round16<{storage}>", f"dc_widen16<{storage}>"]

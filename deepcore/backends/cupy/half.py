@@ -40,8 +40,8 @@ _TYPES = {"bf16": ("bfloat16", "CUDA_R_16BF", _CUDA_R_16BF),
 
 
 class CupyHalfMixin(Backend):
-    """gemm_bf16 / gemm_fp16 / linear_bf16 / linear_fp16 for CupyBackend (needs its _launch,
-    _linear and check)."""
+    """gemm_bf16 / gemm_fp16 / linear_bf16 / linear_fp16 / round_bf16 / round_fp16 for
+    CupyBackend (needs its _launch and _linear)."""
 
     _launch: Any
     _linear: Any
@@ -85,6 +85,24 @@ class CupyHalfMixin(Backend):
     ) -> Any:  # fmt: skip
         """act(x @ w.T + b): one fp16 gemmEx, then the float32 bias + activation kernel."""
         return self._linear(self.gemm_fp16, x, w, b, activation, alpha, out, pre_out)
+
+    def round_bf16(self, x: Any) -> Any:
+        """float32 x rounded to bf16 on the device (CUDA's __float2bfloat16_rn), as float32."""
+        return self._round_trip("bfloat16", x)
+
+    def round_fp16(self, x: Any) -> Any:
+        """float32 x rounded to half on the device (CUDA's __float2half_rn), as float32."""
+        return self._round_trip("float16", x)
+
+    def _round_trip(self, storage: str, x: Any) -> Any:
+        x = self.xp.ascontiguousarray(x, dtype="float32")
+        out = self.empty(x.shape, "float32")
+        if x.size:
+            bits = self.empty(x.shape, "uint16")
+            geom = geometry.elementwise(x.size)
+            self._launch("dc_round16", storage, geom, x, bits, x.size)
+            self._launch("dc_widen16", storage, geom, bits, out, x.size)
+        return out
 
     # ------------------------------------------------------------------ the call
     def _gemm16(self, precision: str, a: Any, b: Any, ta: bool, tb: bool, alpha: float,
