@@ -220,6 +220,16 @@ def test_scaler_state_goes_through_a_checkpoint(tmp_path: Path):
     path = dc.io.save(tmp_path / "fp16.safetensors", trainer=t)
     back = load_trainer(path)
     assert back.precision == "fp16" and back.scaler.state_dict() == state
+    # a damaged scaler field is refused by name, before anything is built
+    import ckpt_tools
+
+    from deepcore.errors import CheckpointError
+
+    bad = ckpt_tools.rewrite(
+        path, lambda t, info: info["trainer"]["scaler"].update(scale=-1.0), tmp_path / "bad.st"
+    )
+    with pytest.raises(CheckpointError, match=r"trainer\.scaler\.scale.*got -1"):
+        load_trainer(bad)
     # the float32 master weights load anywhere, as float32
     for p, q in zip(back.model.parameters(), t.model.parameters(), strict=True):
         assert p.numpy().dtype == np.float32
