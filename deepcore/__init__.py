@@ -47,6 +47,7 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "autocast",
+    "GradScaler",
     "fit",
     "evaluate",
     "predict",
@@ -76,11 +77,12 @@ _LAZY = {
     "save": ("io", "save"),
     "load": ("io", "load"),
     "autocast": ("precision", "autocast"),
+    "GradScaler": ("amp", "GradScaler"),
     "set_num_threads": ("threads", "set_num_threads"),
     "get_num_threads": ("threads", "get_num_threads"),
 }
 
-_SUBMODULES = ("train", "io", "threads", "bench", "sklearn", "selftest", "cli")
+_SUBMODULES = ("train", "io", "threads", "bench", "sklearn", "selftest", "cli", "amp")
 
 
 def __getattr__(name: str) -> Any:

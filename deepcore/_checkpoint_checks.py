@@ -376,9 +376,29 @@ def _check_scheduler(fail: _Fail, sched: Any, n_groups: int) -> dict[str, Any]:
     return sched
 
 
+_TRAINER_KEYS = {"loss", "clip_grad_norm", "history"}
+
+
+def _check_scaler(fail: _Fail, sc: Any) -> None:
+    """fp16's loss scaler state (deepcore.amp.GradScaler.state_dict)."""
+    keys = {"scale", "growth_factor", "backoff_factor", "growth_interval", "growth_tracker",
+            "skipped_steps"}  # fmt: skip
+    if not isinstance(sc, dict) or set(sc) != keys:
+        fail("trainer.scaler", f"must hold {', '.join(sorted(keys))}")
+    _real(fail, "trainer.scaler.scale", sc["scale"], 1e-300, 1e300)
+    _real(fail, "trainer.scaler.growth_factor", sc["growth_factor"], 1.0 + 1e-12, 1e300)
+    _real(fail, "trainer.scaler.backoff_factor", sc["backoff_factor"], 1e-300, 1.0 - 1e-12)
+    for key in ("growth_interval", "growth_tracker", "skipped_steps"):
+        v = sc[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < (key == "growth_interval"):
+            fail(f"trainer.scaler.{key}", f"must be an integer >= 0 (interval >= 1), got {v!r}")
+
+
 def _check_trainer(fail: _Fail, facts: Any) -> dict[str, Any]:
-    if not isinstance(facts, dict) or set(facts) != {"loss", "clip_grad_norm", "history"}:
-        fail("metadata field 'trainer'", "must hold loss, clip_grad_norm and history")
+    if not isinstance(facts, dict) or set(facts) - {"scaler"} != _TRAINER_KEYS:
+        fail("metadata field 'trainer'", "must hold loss, clip_grad_norm, history (and scaler)")
+    if "scaler" in facts:
+        _check_scaler(fail, facts["scaler"])
     loss = facts["loss"]
     if not isinstance(loss, dict) or set(loss) != {"type", "reduction"}:
         fail("trainer.loss", "must hold type and reduction")

@@ -108,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=("float32", "float64"), help="default: float32")
     t.add_argument(
         "--precision",
-        choices=("float32", "bf16"),
+        choices=("float32", "bf16", "fp16"),
         default="float32",
-        help="bf16: GEMMs on bfloat16 operands, float32 weights and accumulation (float32 only)",
+        help="bf16 / fp16: GEMMs on bfloat16 / float16 operands, float32 weights and "
+        "accumulation (float32 only); fp16 with dynamic loss scaling",
     )
     t.add_argument("--save", metavar="PATH", help="checkpoint after every epoch (safetensors)")
     t.add_argument(

@@ -332,6 +332,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         "backend": backend.name,
         "dtype": dtype,
         "precision": args.precision,
+        **(
+            {
+                "loss_scale": trainer.scaler.scale_value,
+                "skipped_steps": trainer.scaler.skipped_steps,
+            }
+            if trainer.scaler is not None and args.precision == "fp16"
+            else {}
+        ),
         "dataset": args.dataset,
         "hidden": args.hidden,
         "optimizer": args.optimizer,

@@ -37,11 +37,13 @@ ROUTES = ("fused-step", "fused-stages", "stages")
 class GradientHook(Protocol):
     """Runs after backward and before the update on the trainable parameters (it may change
     their `.grad` arrays in place: all-reduce, unscale, checks; a parameter whose grad is None
-    had no gradient this step). Optional methods: `grad_ready(params)`, called as soon as
-    backward has produced those parameters' gradients (last layer first), and
+    had no gradient this step). Returning False skips this step's update (every hook still
+    runs; deepcore.amp.GradScaler on inf/NaN). Optional methods: `scale_loss_grad(grad)`, which
+    returns the loss gradient backward starts from (loss scaling); `grad_ready(params)`, called
+    as soon as backward has produced those parameters' gradients (last layer first), and
     `after_update(params)`, called after the update."""
 
-    def __call__(self, params: list[Any]) -> None: ...
+    def __call__(self, params: list[Any]) -> bool | None: ...
 
 
 class TrainStep:
@@ -119,6 +121,10 @@ class TrainStep:
         else:
             logits = model(xb)
             loss = loss_fn(logits, yb)
+            grad = loss_fn.backward()
+            for h in hooks:
+                if hasattr(h, "scale_loss_grad"):
+                    grad = h.scale_loss_grad(grad)
             ready = [h.grad_ready for h in hooks if hasattr(h, "grad_ready")]
             if ready and isinstance(model, Sequential):
 
@@ -126,19 +132,19 @@ class TrainStep:
                     for r in ready:
                         r(params)
 
-                model.backward(loss_fn.backward(), need_input_grad=False, grad_ready=tell)
+                model.backward(grad, need_input_grad=False, grad_ready=tell)
             else:
-                model.backward(loss_fn.backward(), need_input_grad=False)
+                model.backward(grad, need_input_grad=False)
                 for r in ready:
                     r([p for p in self.params if p._grad_live])
-        for hook in hooks:
-            hook(self.params)
-        if self.clip_grad_norm is not None:
-            clip_grad_norm_(self.params, self.clip_grad_norm)
-        opt.step()
-        for hook in hooks:
-            if hasattr(hook, "after_update"):
-                hook.after_update(self.params)
+        verdicts = [hook(self.params) for hook in hooks]
+        if all(v is not False for v in verdicts):  # a hook returning False skips the update
+            if self.clip_grad_norm is not None:
+                clip_grad_norm_(self.params, self.clip_grad_norm)
+            opt.step()
+            for hook in hooks:
+                if hasattr(hook, "after_update"):
+                    hook.after_update(self.params)
         opt.zero_grad()
         return loss, logits
 
@@ -224,7 +230,8 @@ def plan_step(
     precision: str = "float32",
 ) -> TrainStep:
     """The training step for this model, loss, optimizer and hooks (see the module docstring).
-    With precision "bf16" the caller runs it under `deepcore.autocast`."""
+    With precision "bf16" or "fp16" the caller runs it under `deepcore.autocast` (fp16 with a
+    deepcore.amp.GradScaler among the hooks)."""
     return TrainStep(
         model,
         loss_fn,

@@ -148,6 +148,8 @@ def save(
         meta["scheduler"] = {"class": type(scheduler).__name__, "state": scheduler.state_dict()}
     if facts is not None:
         meta["trainer"] = {k: facts[k] for k in ("loss", "clip_grad_norm", "history")}
+        if facts.get("scaler") is not None:  # fp16's loss scaler (deepcore.amp)
+            meta["trainer"]["scaler"] = facts["scaler"]
     strings = {k: v if k in _PLAIN else fmt.dumps(v) for k, v in meta.items()}
     _check_saveable(target, tensors, strings)  # everything checked before the disk is touched
     fmt.write(target, tensors, strings)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .amp import GradScaler
 from .backends import Backend
 from .data import BatchIterator, Dataset
 from .engine import GradientHook, TrainStep, plan_step
@@ -109,8 +110,12 @@ class Trainer:
         precision: str = "float32",
     ) -> None:
         self.model = model
-        #: "float32", or "bf16": each step runs under autocast("bfloat16") (deepcore.precision).
+        #: "float32", "bf16" or "fp16": each step runs under autocast("bfloat16"/"float16")
+        #: (deepcore.precision); fp16 with dynamic loss scaling (`scaler`).
         self.precision = normalize_precision(precision)
+        #: fp16's loss scaler (deepcore.amp.GradScaler), made at the first fp16 step or restored
+        #: from a state dict; its own state is in `state_dict()["scaler"]`.
+        self.scaler: GradScaler | None = None
         if isinstance(loss_fn, str):
             if loss_fn not in LOSSES:
                 raise ValueError(f"unknown loss {loss_fn!r}; expected one of {', '.join(LOSSES)}")
@@ -152,9 +157,10 @@ class Trainer:
 
     def state_dict(self, *, arrays: bool = True) -> dict[str, Any]:
         """Everything a resume needs: the "model", "optimizer" and "scheduler" state dicts, the
-        shuffling generator ("rng"), "epoch", "step", "history", "loss" (type, reduction) and
-        "clip_grad_norm". arrays=False leaves out "model" and "optimizer" (host copies of every
-        array) for a writer that streams them from `model` and `optimizer` (deepcore.io.save)."""
+        shuffling generator ("rng"), "epoch", "step", "history", "loss" (type, reduction),
+        "clip_grad_norm" and, for fp16, "scaler" (the loss scaler's state). arrays=False leaves
+        out "model" and "optimizer" (host copies of every array) for a writer that streams them
+        from `model` and `optimizer` (deepcore.io.save)."""
         state: dict[str, Any] = {
             "epoch": self.epoch,
             "step": self.step,
@@ -164,6 +170,8 @@ class Trainer:
             "clip_grad_norm": self.clip_grad_norm,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         if arrays:
             state["model"] = self.model.state_dict()
             state["optimizer"] = self.optimizer.state_dict()
@@ -189,6 +197,10 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scheduler") is not None and self.scheduler is not None:
             self.scheduler.load_state_dict(dict(state["scheduler"]))
+        if state.get("scaler") is not None:
+            scaler = self.scaler or GradScaler()
+            scaler.load_state_dict(state["scaler"])
+            self.scaler = scaler
         self.rng = rng
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = History([dict(r) for r in state["history"]])
@@ -197,7 +209,10 @@ class Trainer:
 
     def train_step(self, xb: Any, yb: Any) -> Any:
         """One forward, backward and update; returns the loss as a 0-d backend array."""
-        if self.precision != "float32":  # the bf16 policy around forward, loss and backward
+        if self.precision == "fp16":  # an overflow is expected now and then: the scaler skips
+            with autocast(self.precision), np.errstate(over="ignore", invalid="ignore"):
+                loss, self._last_logits = self.step_engine()(xb, yb)
+        elif self.precision != "float32":  # the 16-bit policy around forward, loss and backward
             with autocast(self.precision):
                 loss, self._last_logits = self.step_engine()(xb, yb)
         else:
@@ -209,11 +224,20 @@ class Trainer:
         """The planned training step (re-planned when the backend, dtype, hooks or clipping
         change)."""
         model = self.model
-        key = (model.backend, model.dtype, len(self.grad_hooks), *map(id, self.grad_hooks),
+        hooks = self.grad_hooks
+        if self.precision != "float32" and model.dtype != "float32":
+            raise ValueError(
+                f"precision {self.precision!r} needs a float32 model; this one is {model.dtype}"
+            )
+        if self.precision == "fp16":  # the loss scaler runs last: after any all-reduce
+            if self.scaler is None:
+                self.scaler = GradScaler()
+            hooks = [*hooks, self.scaler]
+        key = (model.backend, model.dtype, len(hooks), *map(id, hooks),
                self.clip_grad_norm, self.fused, self.optimizer, self.precision)  # fmt: skip
         if self._step is None or self._step_for != key:
             self._step = plan_step(
-                self.model, self.loss_fn, self.optimizer, grad_hooks=self.grad_hooks,
+                self.model, self.loss_fn, self.optimizer, grad_hooks=hooks,
                 clip_grad_norm=self.clip_grad_norm, fused=self.fused, precision=self.precision,
             )  # fmt: skip
             self._step_for = key
@@ -439,7 +463,8 @@ def fit(
     precision: str = "float32",
 ) -> History:
     """Train `model` on `train` (a Dataset or (X, y)); returns the per-epoch History.
-    `precision="bf16"`: GEMMs on bfloat16 operands, everything else float32 (deepcore.precision)."""
+    `precision="bf16"` / `"fp16"`: GEMMs on bfloat16 / float16 operands, everything else float32
+    (deepcore.precision); fp16 with dynamic loss scaling (deepcore.amp)."""
     trainer = Trainer(
         model,
         loss,
@@ -502,6 +527,7 @@ def load_trainer(path: Any, *, backend: str | Backend | None = None, dtype: Any 
         scheduler=ckpt.scheduler,
         seed=None,
         clip_grad_norm=facts["clip_grad_norm"],
+        precision="fp16" if facts.get("scaler") is not None else "float32",
     )
     rng = ckpt.data_rng_state or np.random.default_rng().bit_generator.state
     trainer.load_state_dict({**facts, "epoch": ckpt.epoch, "step": ckpt.step, "rng": rng})

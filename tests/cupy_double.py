@@ -14,7 +14,8 @@ handling, the optimizer calls, OOM and device handling.
   checking the arguments the way a real launch would silently not (dtype, contiguity, exact
   scalar types, device).
 - `cupy.cublas.gemm` is NumPy's matmul with cuBLAS's transpose/alpha/beta contract, and records
-  the cuBLAS math mode (TF32 or not) in force at each call.
+  the cuBLAS math mode (TF32 or not) in force at each call; `cublas.gemmEx` (the bf16/fp16
+  GEMMs, on raw pointers: `ndarray.data.ptr`) is in tests/cupy_double_blas.py.
 
 What it proves: the Python glue and the kernels' arithmetic. What it does not: NVRTC compilation
 (test_cuda_nvrtc.py compiles with the real NVRTC), real concurrency, memory behaviour, speed.
@@ -57,6 +58,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
+import cupy_double_blas as blas
 import numpy as np
 from deepcore.kernels.cuda import host
 
@@ -84,6 +86,8 @@ class State:
     modules: list[dict[str, Any]] = field(default_factory=list)
     launches: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     gemm_math_modes: list[int] = field(default_factory=list)
+    #: the arguments of every cublas.gemmEx call (tests/cupy_double_blas.py)
+    gemmex_calls: list[dict[str, Any]] = field(default_factory=list)
     math_mode: int = 0
     synchronized: int = 0
 
@@ -180,6 +184,11 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
     @property
     def device(self) -> _DeviceRef:
         return _DeviceRef(self._device_id)
+
+    @property
+    def data(self) -> blas.MemoryPointer:  # type: ignore[override]
+        """CuPy's MemoryPointer: `.ptr` is the address (for cuBLAS calls on raw pointers)."""
+        return blas.MemoryPointer(self)
 
     def _read(self) -> None:
         STATE.host_reads += 1
@@ -300,14 +309,16 @@ def _device_erf(x: Any) -> Any:
 
 
 _SPECIAL: dict[str, Any] = {"erf": _device_erf}
-_EXPR = re.compile(r"^(\w+)<(float|double)>$")
+_EXPR = re.compile(r"^(\w+)<(float|double|__nv_bfloat16|__half)>$")
+_EXPR_DTYPE = {"float": "float32", "double": "float64", "__nv_bfloat16": "bfloat16",
+               "__half": "float16"}  # fmt: skip
 
 
 class RawModule:
     """Records the NVRTC request; kernels run host-compiled through emulate.h."""
 
     def __init__(self, code: str, options: tuple = (), name_expressions: Any = None, **kw: Any):
-        if "#include" in code:
+        if '#include "' in code:  # CUDA's own headers (<cuda_fp16.h>) come with CuPy's -I
             raise AssertionError("NVRTC would not find local includes: sources must be inlined")
         self.code, self.options = code, tuple(options)
         self.name_expressions = tuple(name_expressions or ())
@@ -322,7 +333,7 @@ class RawModule:
         kernel, ctype = _EXPR.match(name).groups()  # type: ignore[union-attr]
         if f"void {kernel}(" not in self.code:
             raise AssertionError(f"{kernel} is not defined in the module source")
-        dtype = {"float": "float32", "double": "float64"}[ctype]
+        dtype = _EXPR_DTYPE[ctype]
 
         def launch(grid: Any, block: Any, args: tuple, shared_mem: int = 0) -> None:
             for a in args:
@@ -432,6 +443,12 @@ def gemm(transa: str, transb: str, a: Any, b: Any, out: Any = None, alpha: float
     return out
 
 
+def _gemm_ex(*args: Any) -> None:
+    """cupy_backends.cuda.libs.cublas.gemmEx (tests/cupy_double_blas.py)."""
+    _broken("cublas")
+    blas.gemm_ex(STATE, CUBLASError, *args)
+
+
 def _numpy_passthrough(name: str) -> Any:
     attr = getattr(np, name)
     if isinstance(attr, type) or not callable(attr):
@@ -470,6 +487,9 @@ def build_modules() -> dict[str, types.ModuleType]:
             "totalGlobalMem": 16 * 2**30,
         },
         deviceSynchronize=lambda: None,
+        CUDA_R_32F=blas.CUDA_R_32F,
+        CUDA_R_16F=blas.CUDA_R_16F,
+        CUDA_R_16BF=blas.CUDA_R_16BF,
     )
     memory = _module("cupy.cuda.memory", OutOfMemoryError=OutOfMemoryError)
     device = _module("cupy.cuda.device", get_cublas_handle=lambda: 1234, Device=Device)
@@ -481,6 +501,11 @@ def build_modules() -> dict[str, types.ModuleType]:
         CUBLAS_DEFAULT_MATH=0,
         CUBLAS_TF32_TENSOR_OP_MATH=3,
         getMathMode=lambda handle: STATE.math_mode,
+        CUBLAS_OP_N=0,
+        CUBLAS_OP_T=1,
+        CUBLAS_COMPUTE_32F=blas.CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT=blas.CUBLAS_GEMM_DEFAULT,
+        gemmEx=_gemm_ex,
         setMathMode=lambda handle, mode: setattr(STATE, "math_mode", mode),
     )
     cupy = _module(

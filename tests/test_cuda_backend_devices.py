@@ -143,6 +143,9 @@ def _recipes(b, dtype):
         "round_bf16": lambda: b.round_bf16(f32((3, 4), 70)),
         "gemm_bf16": lambda: b.gemm_bf16(f32((5, 3), 71), f32((4, 3), 72), trans_b=True),
         "linear_bf16": lambda: b.linear_bf16(f32((3, 5), 73), f32((4, 5), 74), f32((4,), 75)),
+        "round_fp16": lambda: b.round_fp16(f32((3, 4), 76)),
+        "gemm_fp16": lambda: b.gemm_fp16(f32((5, 3), 77), f32((4, 3), 78), trans_b=True),
+        "linear_fp16": lambda: b.linear_fp16(f32((3, 5), 79), f32((4, 5), 80), f32((4,), 81)),
         "info": lambda: b.info(),
     }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from deepcore.kernels.cuda import SOURCE_DIR, SOURCES, source
-from deepcore.kernels.cuda.spec import KERNELS
+from deepcore.kernels.cuda.spec import KERNELS, MANGLED
 
 NVCC = shutil.which("nvcc")
 TARGETS = ("sm_70", "sm_75", "sm_80", "sm_90")
@@ -77,13 +77,13 @@ def test_lowest_supported_arch_is_among_targets() -> None:
 
 
 def test_nvrtc_text_compiles_and_defines_every_kernel(tmp_path: Path) -> None:
-    """The inlined sources (what RawModule hands NVRTC) compile and export float and double
-    instantiations of every kernel in the signature table."""
+    """The inlined sources (what RawModule hands NVRTC) compile and export the instantiations of
+    every kernel in the signature table (float and double; the 16-bit ones bf16 and half)."""
     arch = min((a for a in supported_archs() if int(a[3:]) >= 75), key=lambda a: int(a[3:]))
     ptx = []
     for name in SOURCES:
         text = source(name)
-        assert "#include" not in text, f"{name}: NVRTC has no include path for this file"
+        assert '#include "' not in text, f"{name}: NVRTC has no include path for this file"
         src = tmp_path / name
         src.write_text(text)
         out = tmp_path / f"{name}.ptx"
@@ -92,5 +92,6 @@ def test_nvrtc_text_compiles_and_defines_every_kernel(tmp_path: Path) -> None:
         ptx.append(out.read_text())
     entries = "\n".join(line for text in ptx for line in text.splitlines() if ".entry" in line)
     for k in KERNELS.values():
-        for c in "fd":  # Itanium mangling of name<float> / name<double>
+        for dt in k.dtypes:  # Itanium mangling of name<float>, name<__half>, ...
+            c = MANGLED[dt]
             assert f"{len(k.name)}{k.name}I{c}E" in entries, f"{k.name}<{c}> missing from PTX"

@@ -24,7 +24,7 @@ from pathlib import Path
 import cupy_double
 import pytest
 from deepcore.kernels.cuda import NVRTC_OPTIONS, SOURCES, nvrtc, source
-from deepcore.kernels.cuda.spec import DTYPES, kernels_in
+from deepcore.kernels.cuda.spec import KERNELS, MANGLED, kernels_in
 
 ARCHS = ("75", "80", "90")
 WHEELS_HERE = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
@@ -42,15 +42,13 @@ def _nvrtc_or_skip() -> None:
 
 @pytest.fixture(scope="module")
 def requested() -> list[dict]:
-    """The RawModules the backend asks CuPy for: every kernel, both dtypes."""
+    """The RawModules the backend asks CuPy for: every kernel, each of its dtypes."""
     with cupy_double.installed() as state:
-        from deepcore.kernels.cuda.spec import KERNELS
-
         from deepcore.backends.cupy import CupyBackend
 
         b = CupyBackend(0)
-        for name in KERNELS:
-            for dtype in DTYPES:
+        for name, k in KERNELS.items():
+            for dtype in k.dtypes:
                 b._kernel(name, dtype)
         return list(state.modules)
 
@@ -82,22 +80,26 @@ def compiled(requested: list[dict], cupy_include: Path) -> dict:
     return {(arch, m["names"][0]): r for (arch, m), r in zip(jobs, results, strict=True)}
 
 
+#: (source, dtype) of every module: float32 and float64, or bf16 and half for half.cu.
+MODULES = [(s, dt) for s in SOURCES for dt in kernels_in(s)[0].dtypes]
+
+
 def test_nvrtc_the_backend_asks_for_one_module_per_source_and_dtype(requested):
-    want = {(s, dt) for s in SOURCES for dt in DTYPES}
     got = set()
     for m in requested:
         src = next(s for s in SOURCES if source(s) == m["code"])
-        dt = "float32" if m["names"][0].endswith("<float>") else "float64"
+        first = kernels_in(src)[0]
+        dt = next(d for d in first.dtypes if m["names"][0] == first.name_expression(d))
         assert m["names"] == tuple(k.name_expression(dt) for k in kernels_in(src))
         assert m["options"] == NVRTC_OPTIONS
-        assert "#include" not in m["code"]
+        assert '#include "' not in m["code"]  # CUDA's own headers (<cuda_fp16.h>) are allowed
         got.add((src, dt))
-    assert got == want and len(requested) == len(want)
+    assert got == set(MODULES) and len(requested) == len(MODULES)
+    assert {"bfloat16", "float16"} <= {dt for _, dt in got}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("src", SOURCES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("src", "dtype"), MODULES)
 def test_nvrtc_compiles_every_module(compiled, arch, src, dtype):
     names = tuple(k.name_expression(dtype) for k in kernels_in(src))
     result = compiled[(arch, names[0])]
@@ -105,7 +107,7 @@ def test_nvrtc_compiles_every_module(compiled, arch, src, dtype):
         raise result
     assert result.cubin[:4] == b"\x7fELF", "NVRTC should emit a cubin for sm_XY, as under CuPy"
     assert result.log == "", f"NVRTC warned:\n{result.log}"
-    c = "f" if dtype == "float32" else "d"
+    c = MANGLED[dtype]
     for expr in names:
         kernel = expr.split("<")[0]
         assert result.lowered[expr].startswith(f"_Z{len(kernel)}{kernel}I{c}E"), (

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendMismatchError, DtypeError, ShapeError
+from ._half import HalfKernels
 from ._losses import LossKernels
 from ._stages import StageKernels
 from ._updates import UpdateKernels
@@ -50,11 +51,12 @@ def check_activation(kind: str) -> str:
     return kind
 
 
-class Backend(LossKernels, UpdateKernels, StageKernels):
+class Backend(LossKernels, UpdateKernels, StageKernels, HalfKernels):
     """Base backend: the whole contract, written once against the array module `xp`.
 
-    The loss, optimizer-update and fused-stage defaults live in _losses.py, _updates.py and
-    _stages.py. Optional capabilities are declared as class attributes (below), not probed.
+    The loss, optimizer-update, fused-stage and fp16 defaults live in _losses.py, _updates.py,
+    _stages.py and _half.py. Optional capabilities are declared as class attributes (below),
+    not probed.
     """
 
     #: Registry name: "numpy", "numba", "cupy:0".

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import BackendMismatchError
-from ..precision import is_bf16
+from ..precision import get_precision
 from .activation import Activation, Dropout
 from .linear import Linear
 from .module import Module, Parameter, Recent
@@ -117,7 +117,8 @@ class Sequential(Module):
 
     def forward(self, x: Any) -> Any:
         Recent.backend = self.backend
-        spec = self.mlp() if self.fuse and not is_bf16() else None  # bf16: Linear by Linear
+        fused = self.fuse and get_precision() == "float32"  # bf16/fp16: Linear by Linear
+        spec = self.mlp() if fused else None
         if spec is not None:
             lins = spec.linears
             x = lins[0]._input(x, lins[0].in_features)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends import Backend
 from ..backends.base import NEEDS_PREACTIVATION
 from ..errors import ShapeError
-from ..precision import is_bf16
+from ..precision import get_precision
 from . import init
 from .module import Module, Parameter, Recent
 
@@ -52,7 +52,8 @@ class Linear(Module):
         y = be.empty((n, self.out_features), self.dtype)
         pre = be.empty((n, self.out_features), self.dtype) if kind in NEEDS_PREACTIVATION else None
         b = self.bias.data if self.bias is not None else None
-        linear = be.linear_bf16 if self._bf16() else be.linear
+        half = self._half()
+        linear = be.linear if half is None else getattr(be, f"linear_{half}")
         linear(x, self.weight.data, b, activation=kind, alpha=alpha, out=y, pre_out=pre)
         # cached in eval mode too (as PyTorch records it): backward after an eval forward uses
         # this forward's activations, never an earlier training forward's
@@ -98,7 +99,8 @@ class Linear(Module):
                 be.bias_grad(dz, out=db, accumulate=accumulate)
         if bias is not None:
             bias.grad_written()
-        gemm = be.gemm_bf16 if self._bf16() else be.gemm
+        half = self._half()
+        gemm = be.gemm if half is None else getattr(be, f"gemm_{half}")
         if self.weight.requires_grad:
             dw, accumulate = self.weight.grad_target()
             gemm(dz, x, trans_a=True, beta=1.0 if accumulate else 0.0, out=dw)
@@ -107,10 +109,12 @@ class Linear(Module):
             return None
         return gemm(dz, self.weight.data)
 
-    def _bf16(self) -> bool:
-        """True inside `autocast("bfloat16")` for a float32 layer (float64 layers ignore it, as
-        PyTorch's CPU autocast leaves float64 alone)."""
-        return is_bf16() and self.dtype == "float32"
+    def _half(self) -> str | None:
+        """ "bf16" or "fp16" inside `autocast("bfloat16")` / `autocast("float16")` for a float32
+        layer, else None (float64 layers ignore autocast, as PyTorch's CPU autocast leaves
+        float64 alone)."""
+        precision = get_precision()
+        return precision if precision != "float32" and self.dtype == "float32" else None
 
     def extra_repr(self) -> str:
         return (

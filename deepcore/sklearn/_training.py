@@ -14,8 +14,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils import shuffle as sk_shuffle
 
+from ..amp import GradScaler
 from ..engine import TrainStep, plan_step
-from ..precision import autocast
+from ..precision import autocast, normalize_precision
 
 #: Sparse X at most this big (as float64) is densified once, else batch by batch.
 _DENSIFY_BYTES = 256 << 20
@@ -82,9 +83,10 @@ class TrainingMixin:
         Xd = X if sparse else be.asarray(np.asarray(X, dtype=self.dtype))
         Td = be.asarray(self._train_targets(Y))
         sample_idx = np.arange(n, dtype=int)
+        precision = normalize_precision(getattr(self, "precision", "float32"))
         step = plan_step(
-            self._model, _Loss(self.out_activation_, be), self._optimizer,
-            precision=getattr(self, "precision", "float32"),
+            self._model, _Loss(self.out_activation_, be), self._optimizer, precision=precision,
+            grad_hooks=[GradScaler()] if precision == "fp16" else (),  # fp16: loss scaling
         )  # fmt: skip
         self.step_route_ = step.route
         self.n_iter_ = 0

@@ -14,7 +14,7 @@ from pathlib import Path
 #: The directory holding the .cu / .cuh / .h files (shipped as package data).
 SOURCE_DIR = Path(__file__).resolve().parent
 #: Every kernel source compiled into the backend.
-SOURCES = ("elementwise.cu", "reduce.cu", "losses.cu", "optim.cu")
+SOURCES = ("elementwise.cu", "reduce.cu", "losses.cu", "optim.cu", "half.cu")
 #: What the backend passes to `cupy.RawModule(options=...)`; CuPy adds its own (see nvrtc.py).
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
 

@@ -3,7 +3,8 @@
 // Compiled three ways from the same text: by NVRTC through cupy.RawModule (the real backend), by
 // nvcc in CI (compile check for each supported architecture) and by g++ behind emulate.h (the
 // kernels' arithmetic, executed on the CPU in tests). Keep it to plain CUDA C++: no warp
-// intrinsics, no dynamic shared memory, no standard headers (NVRTC has none).
+// intrinsics, no dynamic shared memory, no standard headers (NVRTC has none; the CUDA headers
+// cuda_bf16.h / cuda_fp16.h are found through the -I CuPy always passes).
 #pragma once
 
 #ifdef DC_HOST_EMULATION
@@ -142,10 +143,13 @@ __device__ __forceinline__ T block_max(T v, T* buf) {
 
 }  // namespace dc
 
-// Forces nvcc to instantiate the float and double kernels (NVRTC uses name_expressions instead;
+// Forces nvcc to instantiate the float and double kernels (the 16-bit ones: bf16 and half) (NVRTC uses name_expressions instead;
 // the host emulation instantiates them in its generated launchers).
 #if defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define DC_INSTANTIATE(kernel) void* dc_inst_##kernel[] = {(void*)&kernel<float>, (void*)&kernel<double>};
+#define DC_INSTANTIATE_16(kernel) \
+    void* dc_inst_##kernel[] = {(void*)&kernel<__nv_bfloat16>, (void*)&kernel<__half>};
 #else
 #define DC_INSTANTIATE(kernel)
+#define DC_INSTANTIATE_16(kernel)
 #endif

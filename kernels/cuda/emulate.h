@@ -154,6 +154,75 @@ int launch(dim3 grid, dim3 block, F body) {
 
 }  // namespace dc_emu
 
+// CUDA's 16-bit float types (cuda_bf16.h / cuda_fp16.h), reduced to what the kernels use: the
+// bits, and the float conversions, bit-exact with CUDA's: round to nearest even, overflow to inf
+// (half), denormals kept, and a NaN becomes CUDA's canonical NaN 0x7fff. Integer arithmetic
+// only, so the "gpu" build's flush-to-zero flags cannot change a result.
+#include <cstring>
+
+struct __nv_bfloat16 {
+    unsigned short __x;
+};
+struct __half {
+    unsigned short __x;
+};
+
+inline unsigned dc_emu_float_bits(float f) {
+    unsigned x;
+    std::memcpy(&x, &f, sizeof x);
+    return x;
+}
+
+inline float dc_emu_bits_float(unsigned x) {
+    float f;
+    std::memcpy(&f, &x, sizeof f);
+    return f;
+}
+
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    unsigned x = dc_emu_float_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{0x7fffu};
+    x += 0x7fffu + ((x >> 16) & 1u);  // a carry rounds into the exponent (up to inf): correct
+    return __nv_bfloat16{static_cast<unsigned short>(x >> 16)};
+}
+
+inline float __bfloat162float(__nv_bfloat16 h) { return dc_emu_bits_float(unsigned(h.__x) << 16); }
+
+// Rounds the integer m / 2^shift to nearest, ties to even (1 <= shift <= 31).
+inline unsigned dc_emu_round_shift(unsigned m, unsigned shift) {
+    unsigned r = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    return r + ((rem > half || (rem == half && (r & 1u))) ? 1u : 0u);
+}
+
+inline __half __float2half_rn(float f) {
+    unsigned x = dc_emu_float_bits(f);
+    unsigned sign = (x >> 16) & 0x8000u, u = x & 0x7fffffffu;
+    unsigned r;
+    if (u > 0x7f800000u) return __half{0x7fffu};   // NaN
+    if (u >= 0x477ff000u) r = 0x7c00u;              // >= 65520 (65504 + half an ulp): inf
+    else if (u >= 0x38800000u)                      // a normal half (>= 2^-14)
+        r = dc_emu_round_shift(u - 0x38000000u, 13);  // a carry steps the exponent: correct
+    else if (u <= 0x33000000u) r = 0u;              // <= 2^-25: ties to the even zero
+    else                                            // a denormal half: m * 2^(e - 150) / 2^-24
+        r = dc_emu_round_shift((u & 0x7fffffu) | 0x800000u, 126u - (u >> 23));
+    return __half{static_cast<unsigned short>(sign | r)};
+}
+
+inline float __half2float(__half h) {
+    unsigned sign = unsigned(h.__x & 0x8000u) << 16, e = (h.__x >> 10) & 0x1fu, m = h.__x & 0x3ffu;
+    if (e == 0x1fu) return dc_emu_bits_float(sign | 0x7f800000u | (m << 13));  // inf, NaN
+    if (e == 0u) {
+        if (m == 0u) return dc_emu_bits_float(sign);
+        e = 113u;  // a denormal half is a normal float: normalise the mantissa
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            --e;
+        }
+        return dc_emu_bits_float(sign | (e << 23) | ((m & 0x3ffu) << 13));
+    }
+    return dc_emu_bits_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
 // The GPU build's flush-to-zero (NVRTC -ftz=true, which CuPy always passes): float32 denormal
 // inputs read as 0 and denormal results are flushed to 0, for the duration of a float launch.
 // The CPU flags also cover double, so launchers use it for float kernels only (host.py).

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import SOURCE_DIR, SOURCES
-from .spec import DTYPES, KERNELS, Kernel
+from .spec import KERNELS, Kernel
 
 CXX = os.environ.get("CXX", "g++")
 CXXFLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra")
@@ -37,6 +37,7 @@ CXXFLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra")
 VARIANTS = ("strict", "gpu")
 _CTYPES = {"float32": ctypes.c_float, "float64": ctypes.c_double, "int64": ctypes.c_int64}
 _CTYPES["int32"] = ctypes.c_int32
+_CTYPES["uint16"] = ctypes.c_uint16
 _ERRORS = {1: "invalid launch configuration", 2: "__syncthreads() divergence in a block"}
 
 
@@ -77,7 +78,7 @@ def generate_launchers() -> str:
     lines = [f'#include "{s}"' for s in SOURCES]
     lines.append("#include <type_traits>")
     for k in KERNELS.values():
-        for dt in DTYPES:
+        for dt in k.dtypes:
             decls = [p.c_decl(dt) for p in k.params]
             expr = k.name_expression(dt)
             lines.append(
@@ -119,7 +120,7 @@ class HostKernels:
         self._lib = ctypes.CDLL(str(lib_path))
         self._funcs: dict[tuple[str, str], Any] = {}
         for k in KERNELS.values():
-            for dt in DTYPES:
+            for dt in k.dtypes:
                 f = getattr(self._lib, launcher_name(k, dt))
                 types = [ctypes.c_uint] * 6
                 for p in k.params:

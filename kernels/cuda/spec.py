@@ -1,9 +1,11 @@
 """Kernel signatures: the single table the backend marshals by and the emulation is built from.
 
 Each kernel is a `template <typename T> __global__` function in one .cu file, instantiated for
-float and double. A parameter type is written in a tiny C-like notation: `T` (the dtype's scalar),
-`T*` / `const T*` (device arrays of the dtype), `const i64*` (int64 labels), `i64`, `i32`. The
-host emulation static_asserts that these match the C++ declarations, so the table cannot drift.
+float and double, or (the 16-bit kernels, `dtypes=HALF_DTYPES`) for __nv_bfloat16 and __half. A
+parameter type is written in a tiny C-like notation: `T` (the dtype's scalar), `T*` / `const T*`
+(device arrays of the dtype; a 16-bit dtype's arrays hold its bits, numpy uint16),
+`const i64*` (int64 labels), `i64`, `i32`, `f32` (float, whatever T is). The host emulation
+static_asserts that these match the C++ declarations, so the table cannot drift.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 DTYPES = ("float32", "float64")
-C_SCALAR = {"float32": "float", "float64": "double"}
+#: The 16-bit storage types of the bf16 / fp16 GEMM operands (arrays of their bits: uint16).
+HALF_DTYPES = ("bfloat16", "float16")
+C_SCALAR = {"float32": "float", "float64": "double", "bfloat16": "__nv_bfloat16",
+            "float16": "__half"}  # fmt: skip
+#: Itanium mangling of each C_SCALAR as a template argument (what NVRTC and nvcc emit).
+MANGLED = {"float32": "f", "float64": "d", "bfloat16": "13__nv_bfloat16", "float16": "6__half"}
 
 
 @dataclass(frozen=True)
@@ -30,11 +37,12 @@ class Param:
     def element_dtype(self, dtype: str) -> np.dtype:
         """The numpy dtype of the array (pointers) or scalar this parameter takes."""
         base = self.ctype.replace("const ", "").rstrip("*").strip()
-        return np.dtype({"T": dtype, "i64": "int64", "i32": "int32"}[base])
+        t = "uint16" if dtype in HALF_DTYPES else dtype
+        return np.dtype({"T": t, "i64": "int64", "i32": "int32", "f32": "float32"}[base])
 
     def c_decl(self, dtype: str) -> str:
         """The C++ type for `dtype` (float32 -> float)."""
-        c = self.ctype.replace("i64", "long long").replace("i32", "int")
+        c = self.ctype.replace("i64", "long long").replace("i32", "int").replace("f32", "float")
         return c.replace("T", C_SCALAR[dtype])
 
 
@@ -45,18 +53,19 @@ class Kernel:
     name: str
     source: str
     params: tuple[Param, ...]
+    dtypes: tuple[str, ...] = DTYPES
 
     def name_expression(self, dtype: str) -> str:
         """The C++ name NVRTC instantiates, e.g. 'dc_mse<float>'."""
         return f"{self.name}<{C_SCALAR[dtype]}>"
 
 
-def _kernel(name: str, source: str, signature: str) -> Kernel:
+def _kernel(name: str, source: str, signature: str, dtypes: tuple[str, ...] = DTYPES) -> Kernel:
     params = []
     for item in signature.split(","):
         ctype, _, pname = item.strip().rpartition(" ")
         params.append(Param(pname, ctype.strip()))
-    return Kernel(name, source, tuple(params))
+    return Kernel(name, source, tuple(params), dtypes)
 
 
 KERNELS: dict[str, Kernel] = {
@@ -107,6 +116,8 @@ KERNELS: dict[str, Kernel] = {
             " T weight_decay, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2,"
             " T step_size, T bc2_sqrt, T eps, i32 flags",
         ),
+        _kernel("dc_round16", "half.cu", "const f32* x, T* y, i64 n", HALF_DTYPES),
+        _kernel("dc_widen16", "half.cu", "const T* x, f32* y, i64 n", HALF_DTYPES),
         _kernel(
             "dc_rmsprop",
             "optim.cu",

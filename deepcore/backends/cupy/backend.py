@@ -26,6 +26,7 @@ from ...errors import CudaOutOfMemoryError, DtypeError
 from ...kernels.cuda import NVRTC_OPTIONS, geometry, source
 from ...kernels.cuda.spec import KERNELS, kernels_in, marshal
 from ..base import ACTIVATIONS, FLOAT_DTYPES, array_backend_name, check_activation
+from .half import CupyHalfMixin
 from .probe import INSTALL_HINT as INSTALL_HINT  # re-exported
 from .probe import _text, _version
 from .probe import probe as probe  # the registry calls deepcore.backends.cupy.probe
@@ -49,7 +50,7 @@ def _on_device(fn: Any) -> Any:
     return wrapper
 
 
-class CupyBackend(CupyStepsMixin):
+class CupyBackend(CupyHalfMixin, CupyStepsMixin):
     """Backend on CUDA GPU number `device_index`, through CuPy (cuBLAS + NVRTC kernels)."""
 
     name = "cupy:0"
@@ -301,11 +302,22 @@ class CupyBackend(CupyStepsMixin):
         out: Any = None, pre_out: Any = None,
     ) -> Any:  # fmt: skip
         """act(x @ w.T + b): one cuBLAS GEMM, then one fused bias + activation pass."""
+        return self._linear(self.gemm, x, w, b, activation, alpha, out, pre_out)
+
+    def _linear(self, gemm: Any, x: Any, w: Any, b: Any, activation: str, alpha: float,
+                out: Any, pre_out: Any) -> Any:  # fmt: skip
+        """`linear` with its GEMM done by `gemm` (gemm, gemm_bf16 or gemm_fp16)."""
         check_activation(activation)
-        z = self.gemm(x, w, trans_b=True, out=pre_out if pre_out is not None else out)
+        z = gemm(x, w, trans_b=True, out=pre_out if pre_out is not None else out)
         dtype = self._fast(z, b, out)
-        if dtype is None:
-            return super().linear(x, w, b, activation, alpha, out=out, pre_out=pre_out)
+        if dtype is None:  # non-contiguous: Backend.linear's epilogue on z (already computed)
+            if b is not None:
+                self.bias_add(z, b, out=z)
+            if activation == "identity":
+                return z if out is None or out is z else self.copy_(out, z)
+            return self.activation(
+                activation, z, alpha=alpha, out=out if pre_out is not None else z
+            )
         flags = 0 if b is None else 1
         if pre_out is not None:
             result, flags = self._new(z, out), flags | 2
