@@ -44,7 +44,7 @@ def _kernels(gemm_impl: str, blas: str) -> Any:
     from . import env as _numba_env
 
     _numba_env.set_wait_policy(gemm_impl, blas)
-    names = ("gemm", "simd", "elementwise", "losses", "optimizers", "step", "_config")
+    names = ("gemm", "simd", "elementwise", "losses", "optimizers", "step", "head", "_config")
     mods = {n: importlib.import_module(f"deepcore.kernels.numba.{n}") for n in names}
     return type("Kernels", (), mods)
 

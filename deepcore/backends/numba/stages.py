@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ... import threads
 from ...errors import ShapeError
 from .. import hyper
 from .._stages import MLPTape
 from ..base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
+from .layered import NumbaLayeredMixin
 from .updates import PARALLEL_ELEMENTS
 
 #: A stage whose products do at most this many multiply-adds (batch x weights) takes the
@@ -50,7 +50,7 @@ def _same(cached: Any, arrays: tuple) -> bool:
     )
 
 
-class NumbaStagesMixin(Backend):
+class NumbaStagesMixin(NumbaLayeredMixin):
     """Fused stages for NumbaBackend (needs its _k, _dummy and per-layer methods)."""
 
     _k: Any
@@ -63,9 +63,6 @@ class NumbaStagesMixin(Backend):
     fma: bool = True
     #: Route of the fused stages: "auto" (by size), "compiled" (one call) or "layered".
     step_path: str = "auto"
-    #: Parameters (elements, all layers) from which the layered step's update runs in parallel
-    #: when the GEMMs run on MKL (whose threads are the kernels' threads).
-    parallel_step_update: int = 1 << 16
     #: Whether this backend's stages are fused calls (read by the step planner).
     fused_stages = True
 
@@ -190,36 +187,6 @@ class NumbaStagesMixin(Backend):
         tape.extra = (net, ds, True)  # (net, d buffers, whether backward takes one call)
         return ins[-1].copy(), tape  # the caller keeps its output; the workspace is reused
 
-    def _layered_forward(self, net: _Net, weights: Any, biases: Any, x: Any, alpha: float,
-                         masks: Any) -> tuple[Any, MLPTape]:  # fmt: skip
-        """The forward layer by layer: bias + activation inside the GEMM where it can."""
-        direct = net.ok and self._direct(net, x)
-        if not direct:
-            return Backend.mlp_forward(self, weights, biases, net.acts, x, alpha=alpha,
-                                       masks=masks)  # fmt: skip
-        m = x.shape[0]
-        pattern, marr = self._masks(net, masks, m)
-        zs, outs, ins, ds, _, _ = self._workspace(net, weights, m, pattern)
-        nt = threads.get_num_threads()
-        t = net.dt.type
-        src = x
-        for l in range(net.nl):
-            fe = (net.codes[l], t(alpha), biases[l], outs[l].reshape(-1))
-            if not self._matmul_fused(src, False, weights[l], True, zs[l], nt, fe=fe):
-                self._bias_act(zs[l], biases[l], net.acts[l], alpha, outs[l], zs[l])
-            if pattern[l]:
-                np.multiply(outs[l], marr[l], out=ins[l])
-            src = ins[l]
-        tape = MLPTape(tuple(weights), net.acts, alpha, x, marr, zs, outs, ins)
-        tape.extra = (net, ds, False)
-        return ins[-1].copy(), tape
-
-    def _direct(self, net: _Net, x: Any) -> bool:
-        return (
-            isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype == net.dt
-            and x.flags.c_contiguous and x.shape[1] == net.arrays[0].shape[1] and x.shape[0] > 0
-        )  # fmt: skip
-
     def mlp_backward(
         self,
         tape: MLPTape,
@@ -263,43 +230,6 @@ class NumbaStagesMixin(Backend):
             return dx if need_input_grad else None
         return self._layered_backward(net, tape, ds, weight_grads, bias_grads, dx,
                                       need_input_grad, None, on_layer)  # fmt: skip
-
-    def _layered_backward(self, net: _Net, tape: MLPTape, ds: Any, wgrads: Any, bgrads: Any,
-                          dx: Any, need_dx: bool, plan: Any = None,
-                          on_layer: Any = None) -> Any:  # fmt: skip
-        """Backward layer by layer on ds (ds[-1] holds dL/d(output)). With a whole-step plan,
-        each weight whose gradient GEMM runs on the JIT kernel is updated inside it (returns
-        the list of layers updated so); else returns dx (or None)."""
-        nl = net.nl
-        nt = threads.get_num_threads()
-        weights, x = tape.weights, tape.x
-        fused = [False] * nl
-        d = ds[-1]
-        for l in range(nl - 1, -1, -1):
-            if tape.masks[l].size:
-                np.multiply(d, tape.masks[l], out=d)
-            d, _ = self.activation_backward_bias_grad(
-                net.acts[l], d, x=tape.pre[l], y=tape.out[l], alpha=tape.alpha, dx_out=d,
-                db_out=bgrads[l],
-            )  # fmt: skip
-            src = x if l == 0 else tape.ins[l - 1]
-            d_prev = None  # dX first: an update fused into the dW GEMM changes W[l]
-            if l > 0:
-                d_prev = self._matmul(d, False, weights[l], False, ds[l - 1], nthreads=nt)
-            elif need_dx:
-                d_prev = self._matmul(d, False, weights[l], False, dx, nthreads=nt)
-            if plan is not None:
-                ep = (plan.last_hp[0], plan.pflat[l], plan.flat[0][l], plan.flat[1][l],
-                      plan.flat[2][l], plan.hp_rows[l], plan.flags[l])  # fmt: skip
-                fused[l] = self._matmul_fused(d, True, src, False, wgrads[l], nt, ep=ep)
-            else:
-                self._matmul(d, True, src, False, wgrads[l], nthreads=nt)
-            if on_layer is not None:
-                on_layer(l)
-            d = d_prev
-        if plan is not None:
-            return fused
-        return dx if need_dx else None
 
     def multi_update(
         self,

@@ -2,8 +2,8 @@
 cross-entropy, backward and the optimizer update of an MLP as one call.
 
 Small models run as one compiled single-threaded call of kernels/numba/step.py; larger ones run
-the layered stages (stages.py) with each weight's update inside its gradient GEMM, while the
-gradient is in cache, and the other parameters' updates in one compiled call.
+layer by layer (layered.py): large weights are updated inside their gradient GEMM, while the
+gradient is in cache, and the other parameters in one compiled call.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 from ...errors import ShapeError
 from .. import hyper
 from ..base import Backend
-from .gemm_choice import SMALL_WORK
 from .stages import _PLANS_MAX, NumbaStagesMixin, _Net, _same
 
 
@@ -178,48 +177,18 @@ class NumbaStepMixin(NumbaStagesMixin):
         p.rest = {}  # fused-update pattern -> the parameters left to the update call
         return p
 
-    def _openblas_threads(self, m: int, net: _Net, weights: Any) -> bool:
-        """True when this step's largest GEMM runs on NumPy's BLAS with its own threads, whose
-        worker keeps spinning after each call: the update then runs on one thread."""
-        work = m * max(w.size for w in weights)
-        return work > SMALL_WORK and not self._use_jit(work, net.dt) and self._mkl() is None
-
     def _layered_step(self, plan: _Plan, weights: Any, biases: Any, wgrads: Any, bgrads: Any,
                       x: Any, labels: Any, optimizer: str, alpha: float, masks: Any,
                       logits_out: Any) -> Any:  # fmt: skip
-        """fused_mlp_step layer by layer (large models): the forward and backward stages'
-        layered routes, the loss between them, each weight's update inside its gradient GEMM
-        where that runs on the JIT kernel and the other parameters' in one compiled call."""
+        """fused_mlp_step layer by layer (large models; layered.py), or through the public
+        stages for arrays the kernels do not take."""
         net = plan.net
         x = self.asarray(x)
         if not (plan.ok and self._direct(net, x)):
             return self._staged_step(plan, weights, biases, wgrads, bgrads, x, labels,
                                      optimizer, alpha, masks, logits_out)  # fmt: skip
-        logits, tape = self._layered_forward(net, weights, biases, x, alpha, masks)
-        ds = tape.extra[1]
-        loss, _ = self.softmax_cross_entropy(tape.ins[-1], labels, grad_out=ds[-1])
-        if logits_out is not None:
-            logits_out[...] = logits
-        fused = self._layered_backward(net, tape, ds, wgrads, bgrads, None, False, plan)
-        nl = net.nl
-        rest = plan.rest.get(tuple(fused))
-        if rest is None:
-            keep = [i for i in range(2 * nl) if i >= nl or not fused[i]]
-            sub = lambda t: tuple(t[i] for i in keep)  # noqa: E731
-            hp, fl = plan.hp[keep], plan.flags[keep]
-            rest = plan.rest[tuple(fused)] = (
-                sub(plan.pflat), sub(plan.gflat), *(sub(f) for f in plan.flat),
-                sum(plan.pflat[i].size for i in keep), keep, hp, fl,
-            )  # fmt: skip
-        keep, hp, fl = rest[6], rest[7], rest[8]
-        hp[...] = plan.hp[keep]
-        fl[...] = plan.flags[keep]
-        m = x.shape[0]
-        par = rest[5] >= self.parallel_step_update and not self._openblas_threads(m, net, weights)
-        k = self._k.step
-        fn = k.update_params_parallel if par else k.update_params
-        fn(*rest[:5], plan.last_hp[0], hp, fl)
-        return loss
+        return self._layered_step_direct(plan, weights, biases, wgrads, bgrads, x, labels,
+                                         alpha, masks, logits_out)  # fmt: skip
 
     def _staged_step(self, plan: _Plan, weights: Any, biases: Any, wgrads: Any, bgrads: Any,
                      x: Any, labels: Any, optimizer: str, alpha: float, masks: Any,
