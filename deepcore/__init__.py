@@ -71,9 +71,9 @@ __all__ = [
 
 _LAZY = {
     "fit": ("train", "fit"),
-    "evaluate": ("train", "evaluate"),
-    "predict": ("train", "predict"),
-    "History": ("train", "History"),
+    "evaluate": ("evaluation", "evaluate"),
+    "predict": ("evaluation", "predict"),
+    "History": ("history", "History"),
     "save": ("io", "save"),
     "load": ("io", "load"),
     "autocast": ("precision", "autocast"),

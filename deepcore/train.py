@@ -1,4 +1,4 @@
-"""Training loop: fit / evaluate / predict with a progress bar and per-epoch history.
+"""Training loop: `Trainer` and `fit`, with a progress bar and per-epoch history.
 
 `Trainer` owns the model, loss, optimizer, optional scheduler, the shuffling generator and the
 step/epoch counters, so a checkpoint of it resumes a run exactly (deepcore.io).
@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,41 +17,21 @@ from .amp import GradScaler
 from .backends import Backend
 from .data import BatchIterator, Dataset
 from .engine import GradientHook, TrainStep, plan_step
-from .errors import CheckpointError, NonFiniteError, ShapeError
+from .errors import CheckpointError, NonFiniteError
+from .evaluation import LOSSES, _as_xy, _column_targets, _evaluate_arrays, evaluate
+from .history import History, _epoch_line, _progress
 from .nn import CrossEntropyLoss, Loss, Module
-from .nn.loss import BCEWithLogitsLoss, MSELoss, check_labels
+from .nn.loss import check_labels
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from .optim.schedulers import LRScheduler
 from .precision import autocast, normalize_precision
 
-LOSSES: dict[str, type[Loss]] = {
-    "cross_entropy": CrossEntropyLoss,
-    "bce_with_logits": BCEWithLogitsLoss,
-    "mse": MSELoss,
-}
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     "sgd": SGD,
     "adam": Adam,
     "adamw": AdamW,
     "rmsprop": RMSprop,
 }
-
-
-@dataclass
-class History:
-    """Per-epoch records: epoch, loss, accuracy, val_loss, val_accuracy, seconds, ..."""
-
-    epochs: list[dict[str, float]] = field(default_factory=list)
-
-    def __getitem__(self, key: str) -> list[float]:
-        return [e[key] for e in self.epochs if key in e]
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    @property
-    def last(self) -> dict[str, float]:
-        return self.epochs[-1] if self.epochs else {}
 
 
 def make_optimizer(name: str, params: Iterable[Any], lr: float, **kw: Any) -> Optimizer:
@@ -63,33 +42,6 @@ def make_optimizer(name: str, params: Iterable[Any], lr: float, **kw: Any) -> Op
     if key == "sgd":
         kw.setdefault("momentum", 0.9)
     return OPTIMIZERS[key](params, lr=lr, **kw)
-
-
-def _as_xy(data: Dataset | tuple[Any, Any], what: str) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(data, Dataset):
-        X, y = data.X, data.y
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        X, y = np.asarray(data[0]), np.asarray(data[1])
-    else:
-        raise TypeError(f"{what} must be a deepcore Dataset or an (X, y) pair")
-    if X.ndim != 2:
-        raise ShapeError(f"{what}: X must be 2-D (samples, features), got shape {X.shape}")
-    if len(X) == 0:
-        raise ValueError(f"{what} is empty: no samples to train or evaluate on")
-    if len(X) != len(y):
-        raise ShapeError(f"{what}: X has {len(X)} samples but y has {len(y)}")
-    if X.dtype.kind == "f" and not np.isfinite(X).all():
-        bad = np.argwhere(~np.isfinite(X))[0]
-        raise NonFiniteError(
-            f"{what}: X has a non-finite value ({X[tuple(bad)]}) at row {bad[0]}, column {bad[1]}"
-        )
-    return X, y
-
-
-def _column_targets(y: np.ndarray, classify: bool) -> np.ndarray:
-    """Regression / binary targets of shape (n,) (as a Dataset holds them) as the (n, 1) column
-    a one-output model predicts; class labels stay 1-D."""
-    return y.reshape(-1, 1) if not classify and y.ndim == 1 else y
 
 
 class Trainer:
@@ -374,77 +326,6 @@ class Trainer:
         return evaluate(self.model, data, loss_fn=self.loss_fn, batch_size=batch_size)
 
 
-def evaluate(
-    model: Module,
-    data: Dataset | tuple[Any, Any],
-    *,
-    loss_fn: Loss | str = "cross_entropy",
-    batch_size: int = 512,
-) -> dict[str, float]:
-    """Mean loss and, for cross-entropy, accuracy of `model` on `data` (eval mode)."""
-    X, y = _as_xy(data, "evaluation data")
-    if isinstance(loss_fn, str):
-        loss_fn = LOSSES[loss_fn](backend=model.backend, dtype=model.dtype)
-    return _evaluate_arrays(model, X, y, loss_fn, batch_size=batch_size)
-
-
-def _evaluate_arrays(
-    model: Module,
-    X: np.ndarray,
-    y: np.ndarray,
-    loss_fn: Loss,
-    *,
-    batch_size: int,
-    comm: Any = None,
-) -> dict[str, float]:
-    """`evaluate` on arrays already checked by `_as_xy` (fit checks its validation set once);
-    with a data-parallel `comm`, this rank evaluates its slice and the sums are reduced."""
-    loss_fn.backend = model.backend
-    classify = isinstance(loss_fn, CrossEntropyLoss)
-    y = _column_targets(y, classify)
-    n_all = len(X)
-    if comm is not None and comm.size > 1:
-        from .distributed import shard_bounds
-
-        lo, hi = shard_bounds(n_all, comm.rank, comm.size)
-        X, y = X[lo:hi], y[lo:hi]
-    was = model.training
-    model.eval()
-    total, correct = 0.0, 0
-    try:
-        for start in range(0, len(X), batch_size):
-            xb, yb = X[start : start + batch_size], y[start : start + batch_size]
-            logits = model(xb)
-            total += float(loss_fn(logits, yb)) * len(xb)
-            if classify:
-                correct += int(model.backend.count_correct(logits, yb))
-    finally:
-        model.train(was)
-    if comm is not None and comm.size > 1:
-        total, correct = (float(v) for v in comm.allreduce_sum([total, correct]))
-    out = {"loss": total / n_all}
-    if classify:
-        out["accuracy"] = float(correct) / n_all
-    return out
-
-
-def predict(model: Module, X: Any, *, batch_size: int = 512) -> np.ndarray:
-    """Host array of the model's outputs for X, computed in eval mode in batches."""
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ShapeError(f"predict: X must be 2-D (samples, features), got shape {X.shape}")
-    was = model.training
-    model.eval()
-    try:
-        parts = [
-            model.backend.to_host(model(X[s : s + batch_size]))
-            for s in range(0, len(X), batch_size)
-        ]
-    finally:
-        model.train(was)
-    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=model.dtype)
-
-
 def fit(
     model: Module,
     train: Dataset | tuple[Any, Any],
@@ -532,27 +413,3 @@ def load_trainer(path: Any, *, backend: str | Backend | None = None, dtype: Any 
     rng = ckpt.data_rng_state or np.random.default_rng().bit_generator.state
     trainer.load_state_dict({**facts, "epoch": ckpt.epoch, "step": ckpt.step, "rng": rng})
     return trainer
-
-
-def _progress(enabled: bool, total: int) -> Any:
-    """A tqdm bar on a terminal; None elsewhere (per-epoch lines are printed instead)."""
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # progress is a nicety; training goes on without it
-        return None
-    import sys
-
-    if not sys.stderr.isatty():
-        return None
-    return tqdm(total=total, unit="batch", dynamic_ncols=True, leave=True, mininterval=0.2)
-
-
-def _epoch_line(record: dict[str, float], epochs: int) -> str:
-    parts = [f"epoch {int(record['epoch'])}/{epochs}"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        if key in record:
-            parts.append(f"{key} {record[key]:.4f}")
-    parts.append(f"{record['samples_per_second']:,.0f} samples/s")
-    return " | ".join(parts)

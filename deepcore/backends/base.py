@@ -211,58 +211,6 @@ class Backend(LossKernels, UpdateKernels, StageKernels, HalfKernels):
         out += tmp
         return out
 
-    # ------------------------------------------------------------------ bf16 (deepcore.precision)
-    def round_bf16(self, x: Any) -> Any:
-        """float32 x rounded to the nearest bfloat16 (ties to even), as float32 values. On the
-        host through ml_dtypes' bfloat16 (an independent implementation: the reference)."""
-        if self.xp is np:
-            from ..precision import round_bf16
-
-            return round_bf16(x)
-        u = self.xp.ascontiguousarray(x, dtype="float32").view("uint32")
-        r = (u + (0x7FFF + ((u >> 16) & 1))) & 0xFFFF0000  # NaNs stay NaN: their top bits stay
-        return self.xp.where(self.xp.isnan(x), x, r.view("float32")).astype("float32")
-
-    def gemm_bf16(
-        self,
-        a: Any,
-        b: Any,
-        trans_a: bool = False,
-        trans_b: bool = False,
-        alpha: float = 1.0,
-        beta: float = 0.0,
-        out: Any = None,
-    ) -> Any:
-        """`gemm` on bfloat16 operands with float32 accumulation: a and b (float32) are rounded
-        to bf16, multiplied and summed in float32; alpha, beta and out stay float32. This base
-        version is the reference (correct, not fast); device backends override it."""
-        if a.dtype != np.float32 or b.dtype != np.float32:
-            raise DtypeError(f"gemm_bf16: operands must be float32, got {a.dtype} and {b.dtype}")
-        self._gemm_args(a, b, trans_a, trans_b, beta, out)
-        return Backend.gemm(self, self.round_bf16(a), self.round_bf16(b), trans_a, trans_b,
-                            alpha, beta, out)  # fmt: skip
-
-    def linear_bf16(
-        self,
-        x: Any,
-        w: Any,
-        b: Any = None,
-        activation: str = "identity",
-        alpha: float = 0.01,
-        out: Any = None,
-        pre_out: Any = None,
-    ) -> Any:
-        """`linear` with its GEMM on bf16 operands (gemm_bf16); bias and activation in float32."""
-        target = pre_out if pre_out is not None else out
-        z = self.gemm_bf16(x, w, trans_b=True, out=target)
-        if b is not None:
-            self.bias_add(z, b, out=z)
-        if activation == "identity":
-            if out is None or out is z:
-                return z
-            return self.copy_(out, z)
-        return self.activation(activation, z, alpha=alpha, out=out if pre_out is not None else z)
-
     def _gemm_args(
         self, a: Any, b: Any, trans_a: bool, trans_b: bool, beta: float, out: Any
     ) -> tuple[int, int, Any]:

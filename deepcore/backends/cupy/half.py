@@ -40,7 +40,7 @@ _TYPES = {"bf16": ("bfloat16", "CUDA_R_16BF", _CUDA_R_16BF),
 
 
 class CupyHalfMixin(Backend):
-    """gemm_bf16 / gemm_fp16 / linear_bf16 / linear_fp16 / round_bf16 / round_fp16 for
+    """gemm_bf16 / gemm_fp16 (and through them linear_*) / round_bf16 / round_fp16 for
     CupyBackend (needs its _launch and _linear)."""
 
     _launch: Any
@@ -72,19 +72,10 @@ class CupyHalfMixin(Backend):
         """Backend.gemm_fp16 on cuBLAS gemmEx (half operands, float32 compute and output)."""
         return self._gemm16("fp16", a, b, trans_a, trans_b, alpha, beta, out)
 
-    def linear_bf16(
-        self, x: Any, w: Any, b: Any = None, activation: str = "identity", alpha: float = 0.01,
-        out: Any = None, pre_out: Any = None,
-    ) -> Any:  # fmt: skip
-        """act(x @ w.T + b): one bf16 gemmEx, then the float32 bias + activation kernel."""
-        return self._linear(self.gemm_bf16, x, w, b, activation, alpha, out, pre_out)
-
-    def linear_fp16(
-        self, x: Any, w: Any, b: Any = None, activation: str = "identity", alpha: float = 0.01,
-        out: Any = None, pre_out: Any = None,
-    ) -> Any:  # fmt: skip
-        """act(x @ w.T + b): one fp16 gemmEx, then the float32 bias + activation kernel."""
-        return self._linear(self.gemm_fp16, x, w, b, activation, alpha, out, pre_out)
+    def _linear16(self, gemm: Any, x: Any, w: Any, b: Any, activation: str, alpha: float,
+                  out: Any, pre_out: Any) -> Any:  # fmt: skip
+        """linear_bf16 / linear_fp16: one gemmEx, then the float32 bias + activation kernel."""
+        return self._linear(gemm, x, w, b, activation, alpha, out, pre_out)
 
     def round_bf16(self, x: Any) -> Any:
         """float32 x rounded to bf16 on the device (CUDA's __float2bfloat16_rn), as float32."""
