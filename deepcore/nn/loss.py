@@ -120,6 +120,10 @@ def check_labels(labels: Any, n_rows: int, n_classes: int) -> Any:
     ValueError naming its value, its row and the allowed range."""
     import numpy as np  # host-side validation of user labels, not compute
 
+    if type(labels) is np.ndarray and labels.dtype == np.int64 and labels.shape == (n_rows,):
+        # the common case in one reduction: negative int64 read as uint64 are huge
+        if n_rows == 0 or np.maximum.reduce(labels.view(np.uint64)) < n_classes:
+            return labels
     t = np.asarray(labels)
     if t.ndim != 1 or t.shape[0] != n_rows:
         raise ShapeError(

@@ -169,6 +169,8 @@ class Optimizer:
                 for st in states:
                     st["step"] = s1
                 h, f = self._pack(g, self._steady_key(s1))
+            elif last is not None:
+                continue  # the group equals its snapshot and the key is constant: same rows
             else:
                 h, f = self._pack(g, self._steady_key(0))
             if last is None or h != last[0]:  # write what changed (a NumPy write costs ~1 us)
