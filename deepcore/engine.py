@@ -158,7 +158,7 @@ class TrainStep:
         n, classes = x.shape[0], lins[-1].out_features
         labels = yb
         if not be.owns(yb) or be.device == "cpu":  # host labels: the one shared check, before
-            labels = check_labels(yb, n, classes)  # anything (state, step counts) changes
+            labels = check_labels(yb, n, classes, be)  # anything (state, step counts) changes
         for p in spec.params:  # the kernel overwrites every gradient
             p.grad_target()
             p._grad_live = True

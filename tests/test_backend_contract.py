@@ -111,6 +111,17 @@ def test_check(backend, dtype):
         backend.check(a, ForeignArray(), where="linear")
 
 
+@settings(FIXTURE_SETTINGS)
+@given(
+    labels=st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-2, 12), max_size=70),
+    n_classes=st.integers(1, 11),
+)
+def test_labels_in_range_matches_the_comparison(backend, labels, n_classes):
+    t = np.array(labels, dtype=np.int64)
+    want = bool(((t >= 0) & (t < n_classes)).all())
+    assert backend.labels_in_range(t, n_classes) is want
+
+
 def test_synchronize_scratch_copy_fill_mul(backend, dtype, tol):
     backend.synchronize()
     s1 = backend.scratch("t", (2, 3), dtype)

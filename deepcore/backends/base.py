@@ -177,6 +177,11 @@ class Backend(LossKernels, UpdateKernels, StageKernels, HalfKernels):
         out[...] = x >= x.dtype.type(threshold)
         return out
 
+    def labels_in_range(self, labels: np.ndarray, n_classes: int) -> bool:
+        """Whether every host int64 label of the 1-D `labels` lies in [0, n_classes): one
+        reduction (negative values read as unsigned are huge)."""
+        return labels.size == 0 or bool(np.maximum.reduce(labels.view(np.uint64)) < n_classes)
+
     def count_correct(self, logits: Any, labels: Any) -> Any:
         """0-d integer array: how many rows' argmax equals the label (no host read)."""
         labels = self.asarray(labels)

@@ -99,7 +99,7 @@ class CrossEntropyLoss(Loss):
         n, c = logits.shape
         be = self.backend
         if be.device == "cpu" or not be.owns(target):  # host labels: validate here, once
-            return be.asarray(check_labels(target, n, c))
+            return be.asarray(check_labels(target, n, c, be))
         if target.dtype.kind not in "iu" or target.shape != (n,):
             raise ShapeError(
                 f"CrossEntropyLoss: labels must be integers of shape ({n},), "
@@ -114,15 +114,18 @@ class CrossEntropyLoss(Loss):
         return int(logits.shape[0])
 
 
-def check_labels(labels: Any, n_rows: int, n_classes: int) -> Any:
+def check_labels(labels: Any, n_rows: int, n_classes: int, backend: Any = None) -> Any:
     """Class labels as int64 after one check shared by every backend and route: shape (n_rows,),
     whole numbers (int, or float holding whole values) in [0, n_classes - 1]. A bad label is a
-    ValueError naming its value, its row and the allowed range."""
+    ValueError naming its value, its row and the allowed range. int64 labels of the right shape
+    take one pass (`backend.labels_in_range`, when a backend is given)."""
     import numpy as np  # host-side validation of user labels, not compute
 
     if type(labels) is np.ndarray and labels.dtype == np.int64 and labels.shape == (n_rows,):
-        # the common case in one reduction: negative int64 read as uint64 are huge
-        if n_rows == 0 or np.maximum.reduce(labels.view(np.uint64)) < n_classes:
+        if labels.flags.c_contiguous and backend is not None:
+            if backend.labels_in_range(labels, n_classes):
+                return labels
+        elif n_rows == 0 or np.maximum.reduce(labels.view(np.uint64)) < n_classes:
             return labels
     t = np.asarray(labels)
     if t.ndim != 1 or t.shape[0] != n_rows:

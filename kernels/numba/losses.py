@@ -39,6 +39,15 @@ def _sce_row(i, logits, labels, grad, inv):
 
 
 @njit(**OPTS)
+def labels_in_range(labels, n):
+    """Whether every label lies in [0, n) (the host check before a step changes anything)."""
+    for i in range(labels.shape[0]):
+        if labels[i] < 0 or labels[i] >= n:
+            return False
+    return True
+
+
+@njit(**OPTS)
 def softmax_cross_entropy(logits, labels, grad, loss):
     """loss[()] = mean over rows of logsumexp(z) - z[label]; grad = (softmax(z) - onehot) / n,
     rows in order. grad may be logits. Returns False, touching nothing, when a label is out of

@@ -299,6 +299,7 @@ def _exercise(be: NumbaBackend, dt: np.dtype) -> None:
         be.softmax(a)
         labels = np.zeros(m, np.int64)
         be.softmax_cross_entropy(a, labels)
+        be.labels_in_range(labels, 2)
         be.bce_with_logits(a, a)
         be.mse(a, a)
         p = a.copy()

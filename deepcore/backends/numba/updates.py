@@ -26,7 +26,8 @@ PARALLEL_LOSS_ELEMENTS = 1 << 15
 
 
 class NumbaLossUpdateMixin:
-    """softmax_cross_entropy, bce_with_logits, mse, sgd_update, adam_update, rmsprop_update."""
+    """softmax_cross_entropy, labels_in_range, bce_with_logits, mse, sgd_update, adam_update,
+    rmsprop_update."""
 
     _k: Any
     scratch: Any
@@ -56,6 +57,10 @@ class NumbaLossUpdateMixin:
         if not ok:
             raise IndexError(f"labels must lie in [0, {logits.shape[1]})")
         return loss, grad
+
+    def labels_in_range(self, labels: np.ndarray, n_classes: int) -> bool:
+        """One compiled pass (a NumPy reduction costs ~3 us inside a small step)."""
+        return bool(self._k.losses.labels_in_range(labels, n_classes))
 
     def bce_with_logits(self, logits: Any, targets: Any, grad_out: Any = None) -> tuple[Any, Any]:
         if not self._loss_ok(logits, targets, grad_out):
