@@ -10,6 +10,9 @@ from typing import Any
 
 from .hyper import STATE_KEYS
 
+#: Activations whose backward needs the pre-activation; the others use the output.
+NEEDS_PREACTIVATION = frozenset({"gelu", "gelu_tanh"})
+
 
 class MLPTape:
     """What an MLP forward keeps for its backward: per layer l the input (x, then ins[l-1]),
@@ -53,8 +56,6 @@ class StageKernels:
     ) -> tuple[Any, MLPTape]:
         """Layers l: out = act_l(src @ W_l.T + b_l), src = x then the previous layer's output
         (times its dropout mask when masks[l] is given). Returns (output, tape)."""
-        from .base import NEEDS_PREACTIVATION
-
         masks = list(masks) if masks else [None] * len(weights)
         pres, outs, ins = [], [], []
         src = x
@@ -124,9 +125,10 @@ class StageKernels:
     ) -> None:
         """Every parameter's update by `rule`; hp and flags hold one packed row per parameter
         (deepcore.backends.hyper.pack's order); state lists follow hyper.STATE_KEYS[rule]."""
-        keys = STATE_KEYS[rule]
-        st = [list(s) + [None] * (len(params) - len(s)) for s in state]
-        st += [[None] * len(params)] * (len(keys) - len(st))
+        n = len(params)
+        st = [list(s) + [None] * (n - len(s)) for s in state]
+        st += [[None] * n] * (len(STATE_KEYS[rule]) - len(st))
         fn = getattr(self, f"{rule}_packed")
-        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-            fn(p, g, *(s[i] for s in st), hp[i], flags[i])
+        hp, flags = hp.tolist(), flags.tolist()  # Python numbers: reading array rows costs ~us
+        for i, args in enumerate(zip(params, grads, *st, strict=True)):
+            fn(*args, hp[i], flags[i])

@@ -92,8 +92,8 @@ class UpdateKernels:
         """SGD on a packed row: hp [lr, momentum, 1-dampening, wd], flags [nesterov, maximize,
         first_step]."""
         t = param.dtype.type
-        lr, momentum, one_m_damp, wd = (t(v) for v in hp[:4])
-        nesterov, maximize, first = (bool(v) for v in flags[:3])
+        lr, momentum, one_m_damp, wd = t(hp[0]), t(hp[1]), t(hp[2]), t(hp[3])
+        nesterov, maximize, first = flags[0], flags[1], flags[2]
         g = -grad if maximize else grad
         if wd != 0:
             g = g + wd * param
@@ -112,8 +112,8 @@ class UpdateKernels:
         eps, wd, 1-lr*wd], flags [decoupled, amsgrad, maximize]."""
         xp = self.xp
         t = param.dtype.type
-        lr_bc1, beta1, one_m_b1, beta2, one_m_b2, bc2_sqrt, eps, wd, decay = (t(v) for v in hp[:9])
-        decoupled, amsgrad, maximize = (bool(v) for v in flags[:3])
+        lr_bc1, beta1, one_m_b1, beta2, one_m_b2, bc2_sqrt, eps, wd, decay = map(t, hp[:9])
+        decoupled, amsgrad, maximize = flags[0], flags[1], flags[2]
         g = -grad if maximize else grad
         if wd != 0:
             if decoupled:
@@ -137,8 +137,8 @@ class UpdateKernels:
         maximize]."""
         xp = self.xp
         t = param.dtype.type
-        lr, alpha, one_m_alpha, eps, wd, momentum = (t(v) for v in hp[:6])
-        centered, maximize = bool(flags[0]), bool(flags[1])
+        lr, alpha, one_m_alpha, eps, wd, momentum = map(t, hp[:6])
+        centered, maximize = flags[0], flags[1]
         g = -grad if maximize else grad
         if wd != 0:
             g = g + wd * param

@@ -24,13 +24,11 @@ import numpy as np
 from ..errors import BackendMismatchError, DtypeError, ShapeError
 from ._half import HalfKernels
 from ._losses import LossKernels
-from ._stages import StageKernels
+from ._stages import NEEDS_PREACTIVATION, StageKernels  # noqa: F401 - part of the contract
 from ._updates import UpdateKernels
 
 FLOAT_DTYPES = ("float32", "float64")
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh")
-#: Activations whose backward needs the pre-activation; the others use the output.
-NEEDS_PREACTIVATION = frozenset({"gelu", "gelu_tanh"})
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
