@@ -72,6 +72,25 @@ def test_footer_reports_blas_kernels_peak_and_warnings():
     assert "\nWARNING: OPENBLAS_CORETYPE=Haswell" in notes
 
 
+def test_report_main_prints_markdown_or_one_error_line(tmp_path, capsys):
+    import json
+
+    good = tmp_path / "bench.json"
+    result = {"rows": [_row("numpy", 1000.0, status="ok")], "gemm_gflops": {}, "gemm_size": 64,
+              "machine": {"blas": [], "blas_env": {}, "blas_warnings": []}}  # fmt: skip
+    good.write_text(json.dumps(result))
+    assert report.main([str(good)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| backend | workload |") and "| numpy | mnist | sgd |" in out
+    for bad, content in (("missing.json", None), ("text.json", "not json"), ("rows.json", "[1]")):
+        path = tmp_path / bad
+        if content is not None:
+            path.write_text(content)
+        assert report.main([str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith(f"error: {path}: not a readable")
+
+
 def test_relate_shares_and_the_loop_ratio():
     """% gemm against the fastest rate, % peak against the row's precision (bf16 autocast rows
     against the bf16 peak), `x loop` a backend over its own hand-written loop, anchors apart."""

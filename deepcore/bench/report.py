@@ -330,5 +330,23 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join([*lines, "", *footnotes(result)])
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m deepcore.bench.report bench.json`: the table of a `--json` run as markdown."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m deepcore.bench.report", description=main.__doc__)
+    ap.add_argument("json", help="a file written by `deepcore bench --json`")
+    args = ap.parse_args(argv)
+    try:
+        result = json.loads(Path(args.json).read_text())
+        text = markdown(result)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: {args.json}: not a readable `deepcore bench --json` file ({exc})",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    print(text)
+    return 0
+
+
 if __name__ == "__main__":
-    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
+    sys.exit(main())
