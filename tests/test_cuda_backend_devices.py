@@ -71,6 +71,7 @@ def _recipes(b, dtype):
         "sum_squares": lambda: b.sum_squares(r((3, 4), 10)),
         "heaviside": lambda: b.heaviside(r((3, 4), 11)),
         "count_correct": lambda: b.count_correct(r((6, 5), 13), labels),
+        "labels_in_range": lambda: b.labels_in_range(labels, 5),  # host labels, a bool
         "gemm": lambda: b.gemm(r((5, 3), 15), r((4, 3), 16), trans_b=True),
         "bias_add": lambda: b.bias_add(r((3, 4), 17), r((4,), 18)),
         "bias_grad": lambda: b.bias_grad(r((3, 4), 19)),

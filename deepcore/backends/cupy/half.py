@@ -20,6 +20,7 @@ product computed with NumPy from the very buffers the pointers name.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -72,8 +73,8 @@ class CupyHalfMixin(Backend):
         """Backend.gemm_fp16 on cuBLAS gemmEx (half operands, float32 compute and output)."""
         return self._gemm16("fp16", a, b, trans_a, trans_b, alpha, beta, out)
 
-    def _linear16(self, gemm: Any, x: Any, w: Any, b: Any, activation: str, alpha: float,
-                  out: Any, pre_out: Any) -> Any:  # fmt: skip
+    def _linear16(self, gemm: Callable[..., Any], x: Any, w: Any, b: Any, activation: str,
+                  alpha: float, out: Any, pre_out: Any) -> Any:  # fmt: skip
         """linear_bf16 / linear_fp16: one gemmEx, then the float32 bias + activation kernel."""
         return self._linear(gemm, x, w, b, activation, alpha, out, pre_out)
 
