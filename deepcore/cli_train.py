@@ -214,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for note in notes:
         print(note, file=log)
     depth = sum(1 for m in model.modules() if hasattr(m, "out_features"))
-    warm = _warmup(backend, dtype, depth, log)
+    warm = _warmup(backend, dtype, depth, log, args.precision)
     t0 = time.perf_counter()
     try:
         history = trainer.fit(
@@ -288,7 +288,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warmup(backend: Any, dtype: str, depth: int, log: Any) -> float:
+def _warmup(backend: Any, dtype: str, depth: int, log: Any, precision: str = "float32") -> float:
     """Compile JIT kernels (for an MLP of `depth` layers) before the clock starts, showing that
     it is alive; returns the seconds it took."""
     if not backend.compiles:
@@ -315,7 +315,7 @@ def _warmup(backend: Any, dtype: str, depth: int, log: Any) -> float:
     ticker = threading.Thread(target=tick, daemon=True)
     ticker.start()
     try:
-        backend.warmup(dtypes=(dtype,), depths=(depth,))
+        backend.warmup(dtypes=(dtype,), depths=(depth,), precision=precision)
     finally:
         done.set()
         if ticker.is_alive():

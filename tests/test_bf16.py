@@ -149,6 +149,43 @@ def test_numba_bf16_gemm_against_float64_and_reference(m, n, k):
             assert np.abs(c - exact).max() > 100 * np.abs(_op(a, ta) @ _op(b, tb) - exact).max()
 
 
+def test_numba_warmup_bf16_leaves_nothing_to_compile_in_a_bf16_step():
+    """After `warmup(precision="bf16")` (what `deepcore train --precision bf16` runs before the
+    clock starts) a bf16 training step compiles no bf16 kernel: fresh process, fresh
+    dispatchers."""
+    be = _numba()
+    if be._bf16_kernels() is None:
+        pytest.skip("no AVX512_BF16 here: bf16 is emulated, nothing to compile")
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, deepcore as dc
+from deepcore.kernels.numba import bf16, bf16_pack
+from deepcore.train import Trainer
+def compiled():
+    return {f"{m.__name__}.{n}": len(getattr(m, n).signatures) for m in (bf16, bf16_pack)
+            for n in dir(m) if hasattr(getattr(m, n), "signatures")}
+be = dc.get_backend("numba")
+before = compiled()
+be.warmup(("float32",), precision="bf16")
+warm = compiled()
+rng = np.random.default_rng(0)
+model = dc.nn.mlp([64, 256, 128, 10], backend=be)
+x = rng.standard_normal((32, 64)).astype(np.float32); y = rng.integers(0, 10, 32)
+Trainer(model, "cross_entropy", "adam", precision="bf16").train_step(x, y)
+big = dc.nn.mlp([512, 512, 10], backend=be)
+x = rng.standard_normal((256, 512)).astype(np.float32); y = rng.integers(0, 10, 256)
+Trainer(big, "cross_entropy", "sgd", precision="bf16").train_step(x, y)
+after = compiled()
+assert sum(before.values()) == 0, before
+assert warm == after, {k: (warm[k], after[k]) for k in warm if warm[k] != after[k]}
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
 def test_numba_bf16_gemm_alpha_beta_and_out():
     be = _numba()
     ref = dc.get_backend("numpy")

@@ -376,8 +376,10 @@ class Backend(LossKernels, UpdateKernels, StageKernels, HalfKernels):
     def _erf(self, x: Any) -> Any:
         return _host_erf(x)
 
-    def warmup(self, dtypes: Sequence[str] = ("float32",), depths: Sequence[int] = ()) -> float:
-        """Compile what a JIT backend compiles on first use (nothing here); returns seconds."""
+    def warmup(self, dtypes: Sequence[str] = ("float32",), depths: Sequence[int] = (), *,
+               precision: str = "float32") -> float:  # fmt: skip
+        """Compile what a JIT backend compiles on first use (nothing here; `precision` "bf16"
+        or "fp16" adds its 16-bit GEMMs); returns seconds."""
         return 0.0
 
     def info(self) -> dict[str, Any]:

@@ -233,10 +233,12 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaBf16Mixin, NumbaGe
         return out
 
     # ------------------------------------------------------------------ setup
-    def warmup(self, dtypes: Sequence[str] = ("float32",), depths: Sequence[int] = ()) -> float:
+    def warmup(self, dtypes: Sequence[str] = ("float32",), depths: Sequence[int] = (), *,
+               precision: str = "float32") -> float:  # fmt: skip
         """Compile (or load from the cache) every kernel for `dtypes` and the fused stages for
         MLPs of `depths` Linear layers, and settle the JIT-vs-BLAS choice for them (measured
-        once per machine); returns the seconds taken."""
+        once per machine); with precision "bf16", the bf16 GEMM and its packs too. Returns the
+        seconds taken."""
         start = time.perf_counter()
         for name in dtypes:
             _exercise(self, np.dtype(name))
@@ -245,6 +247,13 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaBf16Mixin, NumbaGe
                     _exercise_stages(self, np.dtype(name), depth)
             if self.gemm_impl == "auto" and self.fma:
                 self.gemm_choices(name)
+        if precision == "bf16" and self._bf16_kernels() is not None:
+            one = lambda *shape: np.ones(shape, np.float32)  # noqa: E731 - m, k, n = 3, 5, 4
+            for ta, tb in ((False, True), (False, False), (True, False), (True, True)):
+                self.gemm_bf16(one(5, 3) if ta else one(3, 5), one(4, 5) if tb else one(5, 4),
+                               ta, tb)  # fmt: skip
+            self.linear_bf16(one(3, 5), one(4, 5), one(4), "relu")
+            self.gemm_bf16(one(512, 256), one(256, 512))  # the parallel GEMM and packs
         return time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
