@@ -315,7 +315,8 @@ def _warmup(backend: Any, dtype: str, depth: int, log: Any, precision: str = "fl
     ticker = threading.Thread(target=tick, daemon=True)
     ticker.start()
     try:
-        backend.warmup(dtypes=(dtype,), depths=(depth,), precision=precision)
+        kw = {"precision": precision} if precision != "float32" else {}  # older backends
+        backend.warmup(dtypes=(dtype,), depths=(depth,), **kw)
     finally:
         done.set()
         if ticker.is_alive():
