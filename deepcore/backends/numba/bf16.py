@@ -84,17 +84,17 @@ class NumbaBf16Mixin(Backend):
         return self._gemm_bf16(a, b, ta, tb, alpha, beta, out, nt=nthreads)[0]
 
     def _bf16_matmul_fused(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, nthreads: int,
-                           ep: Any = None, fe: Any = None) -> bool:  # fmt: skip
-        """`_matmul_fused`'s contract on bf16 operands: True when the update `ep` and the bias +
-        activation `fe` ran inside the kernel (False: emulated, the caller applies them)."""
-        return self._gemm_bf16(a, b, ta, tb, 1.0, 0.0, out, fe, ep, nthreads)[1]
+                           fe: Any = None) -> bool:  # fmt: skip
+        """`_matmul_fused`'s contract on bf16 operands, bias + activation `fe` only: True when
+        `fe` ran inside the kernel (False: emulated, the caller applies it)."""
+        return self._gemm_bf16(a, b, ta, tb, 1.0, 0.0, out, fe, nthreads)[1]
 
     def _gemm_bf16(self, a: Any, b: Any, ta: bool, tb: bool, alpha: float, beta: float,
-                   out: Any, fe: Any = None, ep: Any = None,
+                   out: Any, fe: Any = None,
                    nt: int | None = None) -> tuple[Any, bool]:  # fmt: skip
-        """(out, whether the kernel ran): gemm_bf16 with an optional update `ep` and bias +
-        activation `fe` epilogue (the float32 kernels' formats, kernels/numba/gemm.py); the
-        caller applies them itself when the kernel did not run (k == 0, emulation)."""
+        """(out, whether the kernel ran): gemm_bf16 with an optional bias + activation epilogue
+        `fe` (kernels' format); the caller applies `fe` itself when the kernel did not run
+        (k == 0, emulation)."""
         if a.dtype != np.float32 or b.dtype != np.float32:
             return super().gemm_bf16(a, b, ta, tb, alpha, beta, out), False  # the one-line error
         m, n, out = self._gemm_args(a, b, ta, tb, beta, out)
@@ -120,8 +120,7 @@ class NumbaBf16Mixin(Backend):
         )
         pack_a(a, bool(ta), ap, tmp)  # both read before out is written: out may alias a or b
         pack_b(b, bool(tb), bp, tmp)
-        no_ep, no_fe = self._no_epilogues(np.dtype(np.float32))
-        ep = no_ep if ep is None else ep
+        ep, no_fe = self._no_epilogues(np.dtype(np.float32))
         fe = no_fe if fe is None else fe
         t = np.float32
         if nt > 1 and m * n * k >= PARALLEL_BF16_WORK:

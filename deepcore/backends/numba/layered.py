@@ -3,10 +3,12 @@ step): forward, backward and the whole training step layer by layer on the backe
 kernel or BLAS, multithreaded; bf16: the vdpbf16ps kernel), with bias + activation inside the
 forward GEMMs.
 
-In the whole step (`_layered_step_direct`) a narrow output layer (e.g. 10 classes), the loss and
-that layer's backward run as one serial compiled call (kernels/numba/head.py), and weights up
-to `gemm_update_min` elements are updated by one multi-tensor call after the backward; larger
-weights are updated inside their gradient GEMM, while the gradient is in cache.
+In the whole float32 step (`_layered_step_direct`) a narrow output layer (e.g. 10 classes), the
+loss and that layer's backward run as one serial compiled call (kernels/numba/head.py), and
+weights up to `gemm_update_min` elements are updated by one multi-tensor call after the
+backward; larger weights are updated inside their gradient GEMM, while the gradient is in cache.
+A bf16 step runs every layer's GEMMs on the bf16 kernel and updates every parameter in the
+multi-tensor call.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class NumbaLayeredMixin(Backend):
     #: Parameters (elements, all layers) from which the layered step's update runs in parallel
     #: when the GEMMs run on MKL (whose threads are the kernels' threads).
     parallel_step_update: int = 1 << 16
-    #: Elements of a weight from which the layered step updates it inside its gradient GEMM;
+    #: Elements of a float32 weight from which the layered step updates it inside its gradient GEMM;
     #: smaller weights join the one multi-tensor update after the backward. Measured (one
     #: thread, mnist's 512x784 and 512x512 weights, which fit L3): the per-row update in the
     #: epilogue cost 1.4-2.8x a separate pass (SGD 162 vs 58 us, Adam 298 vs 177 us); above
@@ -101,8 +103,10 @@ class NumbaLayeredMixin(Backend):
                           top: int | None = None) -> Any:  # fmt: skip
         """Backward layer by layer from layer `top` (default the last; ds[top] holds
         dL/d(its output)), the GEMMs on the tape's precision. With a whole-step plan, each
-        weight of at least gemm_update_min elements whose gradient GEMM runs on a JIT kernel is
-        updated inside it (returns the list of layers updated so); else returns dx (or None)."""
+        float32 weight of at least gemm_update_min elements whose gradient GEMM runs on the JIT
+        kernel is updated inside it (returns the list of layers updated so); else returns dx (or
+        None). bf16 weights all join the multi-tensor update: inside the bf16 kernel the update
+        made the wide step 13% slower (BENCHMARKS.md)."""
         nl = net.nl
         top = nl - 1 if top is None else top
         nt = threads.get_num_threads()
@@ -112,6 +116,7 @@ class NumbaLayeredMixin(Backend):
         t = net.dt.type
         d = ds[top]
         matmul, matmul_fused = self._gemms(tape.precision)
+        update_min = self.gemm_update_min if tape.precision == "float32" else None
         for l in range(top, -1, -1):
             if tape.masks[l].size:
                 np.multiply(d, tape.masks[l], out=d)
@@ -130,7 +135,7 @@ class NumbaLayeredMixin(Backend):
                 d_prev = matmul(d, False, weights[l], False, ds[l - 1], nthreads=nt)
             elif need_dx:
                 d_prev = matmul(d, False, weights[l], False, dx, nthreads=nt)
-            if plan is not None and wgrads[l].size >= self.gemm_update_min:
+            if plan is not None and update_min is not None and wgrads[l].size >= update_min:
                 ep = (plan.last_hp[0], plan.pflat[l], plan.flat[0][l], plan.flat[1][l],
                       plan.flat[2][l], plan.hp_rows[l], plan.flags[l])  # fmt: skip
                 fused[l] = matmul_fused(d, True, src, False, wgrads[l], nt, ep=ep)

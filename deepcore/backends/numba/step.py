@@ -2,8 +2,8 @@
 cross-entropy, backward and the optimizer update of an MLP as one call.
 
 Small models run as one compiled single-threaded call of kernels/numba/step.py; larger ones and
-bf16 steps run layer by layer (layered.py): large weights are updated inside their gradient
-GEMM, while the gradient is in cache, and the other parameters in one compiled call.
+bf16 steps run layer by layer (layered.py): large float32 weights are updated inside their
+gradient GEMM, while the gradient is in cache, and the other parameters in one compiled call.
 """
 
 from __future__ import annotations
