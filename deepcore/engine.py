@@ -10,8 +10,9 @@ picks one route, recorded as `TrainStep.route`:
   in one call, the loss, the whole backward in one call, the hooks, then one multi-tensor update
   over every parameter (`multi_update`); taken when hooks or clipping sit between backward and
   update, or the loss is not cross-entropy;
-- "stages": the same stages module by module (a model that is not a plain MLP, or a backend
-  without fused stages).
+- "stages": the same stages module by module (a model that is not a plain MLP, a backend
+  without fused stages, or a precision not in the backend's `fused_precisions`: fp16, and bf16
+  outside numba).
 
 Every route computes the same maths (tests pin each against the module-by-module reference);
 a hand-written loop (`model(x)`, `loss_fn(...)`, `model.backward(...)`, `opt.step()`) is the
