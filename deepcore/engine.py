@@ -10,8 +10,9 @@ picks one route, recorded as `TrainStep.route`:
   in one call, the loss, the whole backward in one call, the hooks, then one multi-tensor update
   over every parameter (`multi_update`); taken when hooks or clipping sit between backward and
   update, or the loss is not cross-entropy;
-- "stages": the same stages module by module (a model that is not a plain MLP, or a backend
-  without fused stages).
+- "stages": the same stages module by module (a model that is not a plain MLP, a backend
+  without fused stages, or a precision not in the backend's `fused_precisions`: fp16, and bf16
+  outside numba).
 
 Every route computes the same maths (tests pin each against the module-by-module reference);
 a hand-written loop (`model(x)`, `loss_fn(...)`, `model.backward(...)`, `opt.step()`) is the
@@ -62,15 +63,16 @@ class TrainStep:
         precision: str = "float32",
     ) -> None:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.precision = precision
+        be = model.backend
+        #: the GEMMs' precision (float64 layers ignore autocast, as Linear does)
+        self.precision = precision if model.dtype == "float32" else "float32"
         self.grad_hooks = list(grad_hooks)
         self.clip_grad_norm = clip_grad_norm
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.spec: MLPLayers | None = None
-        if isinstance(model, Sequential) and model.fuse and precision == "float32":
-            self.spec = model.mlp()  # (bf16 runs module by module: no fused bf16 stages yet)
+        if isinstance(model, Sequential) and model.fuse and self.precision in be.fused_precisions:
+            self.spec = model.mlp()
         self.why = self._whole_step_refusal() if fused is not False else "fused=False"
-        be = model.backend
         if self.why is None:
             self.route = "fused-step"
         elif self.spec is not None and be.fused_stages:
@@ -90,8 +92,9 @@ class TrainStep:
     def _whole_step_refusal(self) -> str | None:
         """Why the whole step cannot be one backend call (None when it can)."""
         model, loss_fn, opt, spec = self.model, self.loss_fn, self.optimizer, self.spec
-        if self.precision != "float32":
-            return f"{self.precision} runs module by module (no fused {self.precision} stages yet)"
+        if self.precision not in model.backend.fused_precisions:
+            return (f"{self.precision} runs module by module (no fused {self.precision} stages "
+                    f"on the {model.backend.name} backend)")  # fmt: skip
         if not model.backend.whole_step:
             return f"the {model.backend.name} backend has no whole-step kernel"
         if spec is None:
@@ -184,6 +187,7 @@ class TrainStep:
             alpha=spec.alpha,
             masks=spec.masks(n, model.training),
             logits_out=logits,
+            precision=self.precision,
         )
         opt.zero_grad()
         return loss, logits

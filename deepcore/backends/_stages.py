@@ -1,6 +1,7 @@
 """Default fused stages of the backend contract: a whole MLP's forward and backward and a whole
 optimizer update, written once through the per-layer and per-parameter methods. A backend with
-`fused_stages = True` overrides them with single calls that compute the same maths.
+`fused_stages = True` overrides them with single calls that compute the same maths. With
+precision "bf16" or "fp16" the GEMMs are the 16-bit ones (`linear_bf16`, `gemm_bf16`, ...).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..precision import PRECISIONS
 from .hyper import STATE_KEYS
 
 #: Activations whose backward needs the pre-activation; the others use the output.
@@ -20,17 +22,26 @@ class MLPTape:
     output out[l], the dropout mask masks[l] (None, or an empty array, where none) and ins[l]
     (out[l] * masks[l], or out[l] itself)."""
 
-    __slots__ = ("weights", "acts", "alpha", "x", "masks", "pre", "out", "ins", "extra")
+    __slots__ = ("weights", "acts", "alpha", "x", "masks", "pre", "out", "ins", "extra",
+                 "precision")  # fmt: skip
 
     def __init__(self, weights: tuple, acts: tuple, alpha: float, x: Any, masks: Any, pre: Any,
-                 out: Any, ins: Any) -> None:  # fmt: skip
+                 out: Any, ins: Any, precision: str = "float32") -> None:  # fmt: skip
         self.weights, self.acts, self.alpha, self.x = weights, acts, alpha, x
         self.masks, self.pre, self.out, self.ins = masks, pre, out, ins
+        self.precision = precision  # the GEMMs' operands: "float32", "bf16" or "fp16"
         self.extra: Any = None  # a backend's own bookkeeping
 
 
 def _has(mask: Any) -> bool:
     return mask is not None and mask.size != 0
+
+
+def check_precision(precision: str, supported: tuple[str, ...], name: str) -> None:
+    """One clear error for a precision these stages do not take."""
+    if precision not in supported:
+        raise ValueError(f"{name}: precision must be one of {', '.join(supported)}, "
+                         f"not {precision!r}")  # fmt: skip
 
 
 class StageKernels:
@@ -53,9 +64,13 @@ class StageKernels:
         *,
         alpha: float = 0.01,
         masks: Sequence[Any] | None = None,
+        precision: str = "float32",
     ) -> tuple[Any, MLPTape]:
         """Layers l: out = act_l(src @ W_l.T + b_l), src = x then the previous layer's output
-        (times its dropout mask when masks[l] is given). Returns (output, tape)."""
+        (times its dropout mask when masks[l] is given); the GEMMs on `precision` operands
+        (deepcore.precision). Returns (output, tape)."""
+        check_precision(precision, PRECISIONS, "mlp_forward")
+        linear = self.linear if precision == "float32" else getattr(self, f"linear_{precision}")
         masks = list(masks) if masks else [None] * len(weights)
         pres, outs, ins = [], [], []
         src = x
@@ -63,14 +78,14 @@ class StageKernels:
             n = src.shape[0]
             y = self.empty((n, w.shape[0]), w.dtype)
             pre = self.empty((n, w.shape[0]), w.dtype) if kind in NEEDS_PREACTIVATION else None
-            self.linear(src, w, b, activation=kind, alpha=alpha, out=y, pre_out=pre)
+            linear(src, w, b, activation=kind, alpha=alpha, out=y, pre_out=pre)
             nxt = self.mul(y, mk) if _has(mk) else y
             pres.append(pre)
             outs.append(y)
             ins.append(nxt)
             src = nxt
         tape = MLPTape(tuple(weights), tuple(activations), alpha, x,
-                       tuple(masks), tuple(pres), tuple(outs), tuple(ins))  # fmt: skip
+                       tuple(masks), tuple(pres), tuple(outs), tuple(ins), precision)  # fmt: skip
         return src, tape
 
     def mlp_backward(
@@ -86,7 +101,10 @@ class StageKernels:
     ) -> Any:
         """Backward of `mlp_forward`: writes (or, with accumulate, adds) each layer's weight
         and bias gradients; returns dL/dx, or None when not needed. `on_layer(l)` is called as
-        soon as layer l's gradients are complete (last layer first)."""
+        soon as layer l's gradients are complete (last layer first). The GEMMs on the tape's
+        precision."""
+        prec = tape.precision
+        gemm = self.gemm if prec == "float32" else getattr(self, f"gemm_{prec}")
         d = grad_output
         nl = len(tape.weights)
         for l in range(nl - 1, -1, -1):
@@ -106,12 +124,12 @@ class StageKernels:
                 self.bias_grad(d, out=db, accumulate=accumulate)
             src = tape.x if l == 0 else tape.ins[l - 1]
             if weight_grads[l] is not None:
-                self.gemm(d, src, trans_a=True, beta=1.0 if accumulate else 0.0,
-                          out=weight_grads[l])  # fmt: skip
+                gemm(d, src, trans_a=True, beta=1.0 if accumulate else 0.0,
+                     out=weight_grads[l])  # fmt: skip
             if on_layer is not None:
                 on_layer(l)
             if l > 0 or need_input_grad:
-                d = self.gemm(d, tape.weights[l])
+                d = gemm(d, tape.weights[l])
         return d if need_input_grad else None
 
     def multi_update(

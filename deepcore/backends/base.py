@@ -68,6 +68,9 @@ class Backend(LossKernels, UpdateKernels, StageKernels, HalfKernels):
     fused_stages: bool = False
     #: Capability: `fused_mlp_step` (a whole training step of an MLP in one call).
     whole_step: bool = False
+    #: Precisions (deepcore.precision) the step planner and Sequential run through the fused
+    #: stages and the whole step; the others run module by module.
+    fused_precisions: tuple[str, ...] = ("float32",)
     #: Capability: kernels compile on first use (`warmup` compiles them up front).
     compiles: bool = False
 

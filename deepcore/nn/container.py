@@ -117,7 +117,8 @@ class Sequential(Module):
 
     def forward(self, x: Any) -> Any:
         Recent.backend = self.backend
-        fused = self.fuse and get_precision() == "float32"  # bf16/fp16: Linear by Linear
+        prec = get_precision() if self.dtype == "float32" else "float32"  # as Linear._half
+        fused = self.fuse and prec in self.backend.fused_precisions  # else Linear by Linear
         spec = self.mlp() if fused else None
         if spec is not None:
             lins = spec.linears
@@ -129,6 +130,7 @@ class Sequential(Module):
                 x,
                 alpha=spec.alpha,
                 masks=spec.masks(x.shape[0], self.training),
+                precision=prec,
             )
             self._plan = []
             return out

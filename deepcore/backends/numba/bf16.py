@@ -76,31 +76,44 @@ class NumbaBf16Mixin(Backend):
     ) -> Any:
         """Backend.gemm_bf16 on the vdpbf16ps kernel (float32 accumulation, one fixed summation
         order per element, independent of the thread count)."""
-        return self._gemm_bf16(a, b, trans_a, trans_b, alpha, beta, out, None)
+        return self._gemm_bf16(a, b, trans_a, trans_b, alpha, beta, out)[0]
+
+    def _bf16_matmul(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, alpha: float = 1.0,
+                     beta: float = 0.0, nthreads: int | None = None) -> Any:  # fmt: skip
+        """`_matmul`'s contract (checked operands) on bf16 operands: the layered stages' GEMM."""
+        return self._gemm_bf16(a, b, ta, tb, alpha, beta, out, nt=nthreads)[0]
+
+    def _bf16_matmul_fused(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, nthreads: int,
+                           fe: Any = None) -> bool:  # fmt: skip
+        """`_matmul_fused`'s contract on bf16 operands, bias + activation `fe` only: True when
+        `fe` ran inside the kernel (False: emulated, the caller applies it)."""
+        return self._gemm_bf16(a, b, ta, tb, 1.0, 0.0, out, fe, nthreads)[1]
 
     def _gemm_bf16(self, a: Any, b: Any, ta: bool, tb: bool, alpha: float, beta: float,
-                   out: Any, fe: Any) -> Any:  # fmt: skip
-        """gemm_bf16 with an optional bias + activation epilogue `fe` (kernels' format); the
-        caller applies `fe` itself when this returns without the kernel (k == 0, emulation)."""
+                   out: Any, fe: Any = None,
+                   nt: int | None = None) -> tuple[Any, bool]:  # fmt: skip
+        """(out, whether the kernel ran): gemm_bf16 with an optional bias + activation epilogue
+        `fe` (kernels' format); the caller applies `fe` itself when the kernel did not run
+        (k == 0, emulation)."""
         if a.dtype != np.float32 or b.dtype != np.float32:
-            return super().gemm_bf16(a, b, ta, tb, alpha, beta, out)  # the one-line error
+            return super().gemm_bf16(a, b, ta, tb, alpha, beta, out), False  # the one-line error
         m, n, out = self._gemm_args(a, b, ta, tb, beta, out)
         k = a.shape[0] if ta else a.shape[1]
         kern = self._bf16_kernels()
         ok = isinstance(out, np.ndarray) and out.flags.c_contiguous and k > 0 and m * n > 0
         if not ok:
-            return super().gemm_bf16(a, b, ta, tb, alpha, beta, out)
+            return super().gemm_bf16(a, b, ta, tb, alpha, beta, out), False
         if kern is None:
             _emulation_warning()
             ra, rb = self.round_bf16(a), self.round_bf16(b)
-            return self._matmul(ra, bool(ta), rb, bool(tb), out, alpha, beta)
+            return self._matmul(ra, bool(ta), rb, bool(tb), out, alpha, beta), False
         a = np.ascontiguousarray(a)
         b = np.ascontiguousarray(b)
         sa, sb, st = kern.packed_shapes(m, n, k)
         ap = self._bf16_buffer("a", sa)
         bp = self._bf16_buffer("b", sb)
         tmp = self._bf16_buffer("t", (st,))
-        nt = threads.get_num_threads()
+        nt = threads.get_num_threads() if nt is None else nt
         big = nt > 1 and max(ap.size, bp.size) >= kern.PARALLEL_PACK_WORDS
         pack_a, pack_b = (
             (kern.pack_a, kern.pack_b) if big else (kern.pack_a_serial, kern.pack_b_serial)
@@ -117,7 +130,7 @@ class NumbaBf16Mixin(Backend):
         else:
             ws = self.scratch("bf16_ws", (1, kern.workspace_size()), np.float32)
             kern.gemm_block(ap, bp, out, t(alpha), t(beta), 0, m, 0, n, ws[0], ep, fe)
-        return out
+        return out, True
 
     def linear_bf16(
         self,
@@ -154,5 +167,5 @@ class NumbaBf16Mixin(Backend):
         if not (z.flags.c_contiguous and dst.flags.c_contiguous):
             return super().linear_bf16(x, w, b, activation, alpha, out, pre_out)
         fe = (np.int64(code), np.float32(alpha), b, dst.reshape(-1))
-        self._gemm_bf16(x, w, False, True, 1.0, 0.0, z, fe)
+        self._gemm_bf16(x, w, False, True, 1.0, 0.0, z, fe)  # (fusable: the kernel runs)
         return dst

@@ -1,11 +1,14 @@
-"""The Numba backend's layered route (models above the compiled route's size): forward,
-backward and the whole training step layer by layer on the backend's GEMM (JIT kernel or BLAS,
-multithreaded), with bias + activation inside the forward GEMMs.
+"""The Numba backend's layered route (models above the compiled route's size, and every bf16
+step): forward, backward and the whole training step layer by layer on the backend's GEMM (JIT
+kernel or BLAS, multithreaded; bf16: the vdpbf16ps kernel), with bias + activation inside the
+forward GEMMs.
 
-In the whole step (`_layered_step_direct`) a narrow output layer (e.g. 10 classes), the loss and
-that layer's backward run as one serial compiled call (kernels/numba/head.py), and weights up
-to `gemm_update_min` elements are updated by one multi-tensor call after the backward; larger
-weights are updated inside their gradient GEMM, while the gradient is in cache.
+In the whole float32 step (`_layered_step_direct`) a narrow output layer (e.g. 10 classes), the
+loss and that layer's backward run as one serial compiled call (kernels/numba/head.py), and
+weights up to `gemm_update_min` elements are updated by one multi-tensor call after the
+backward; larger weights are updated inside their gradient GEMM, while the gradient is in cache.
+A bf16 step runs every layer's GEMMs on the bf16 kernel and updates every parameter in the
+multi-tensor call.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ class NumbaLayeredMixin(Backend):
     _bias_act: Any
     _use_jit: Any
     _mkl: Any
+    _bf16_matmul: Any
+    _bf16_matmul_fused: Any
     #: Parameters (elements, all layers) from which the layered step's update runs in parallel
     #: when the GEMMs run on MKL (whose threads are the kernels' threads).
     parallel_step_update: int = 1 << 16
-    #: Elements of a weight from which the layered step updates it inside its gradient GEMM;
+    #: Elements of a float32 weight from which the layered step updates it inside its gradient GEMM;
     #: smaller weights join the one multi-tensor update after the backward. Measured (one
     #: thread, mnist's 512x784 and 512x512 weights, which fit L3): the per-row update in the
     #: epilogue cost 1.4-2.8x a separate pass (SGD 162 vs 58 us, Adam 298 vs 177 us); above
@@ -55,32 +60,41 @@ class NumbaLayeredMixin(Backend):
             and x.flags.c_contiguous and x.shape[1] == net.arrays[0].shape[1] and x.shape[0] > 0
         )  # fmt: skip
 
+    def _gemms(self, precision: str) -> tuple[Any, Any]:
+        """(`_matmul`, `_matmul_fused`) for GEMMs on `precision` operands ("float32", "bf16")."""
+        if precision == "bf16":
+            return self._bf16_matmul, self._bf16_matmul_fused
+        return self._matmul, self._matmul_fused
+
     def _forward_layers(self, net: Any, weights: Any, biases: Any, x: Any, alpha: float,
-                        pattern: tuple, marr: tuple, ws: tuple, upto: int) -> None:  # fmt: skip
+                        pattern: tuple, marr: tuple, ws: tuple, upto: int,
+                        precision: str = "float32") -> None:  # fmt: skip
         """Layers 0..upto-1 into the workspace `ws` (zs, outs, ins, ...)."""
         zs, outs, ins = ws[0], ws[1], ws[2]
+        matmul_fused = self._gemms(precision)[1]
         nt = threads.get_num_threads()
         t = net.dt.type
         src = x
         for l in range(upto):
             fe = (net.codes[l], t(alpha), biases[l], outs[l].reshape(-1))
-            if not self._matmul_fused(src, False, weights[l], True, zs[l], nt, fe=fe):
+            if not matmul_fused(src, False, weights[l], True, zs[l], nt, fe=fe):
                 self._bias_act(zs[l], biases[l], net.acts[l], alpha, outs[l], zs[l])
             if pattern[l]:
                 np.multiply(outs[l], marr[l], out=ins[l])
             src = ins[l]
 
     def _layered_forward(self, net: Any, weights: Any, biases: Any, x: Any, alpha: float,
-                         masks: Any) -> tuple[Any, MLPTape]:  # fmt: skip
+                         masks: Any, precision: str = "float32",
+                         ) -> tuple[Any, MLPTape]:  # fmt: skip
         """The forward layer by layer: bias + activation inside the GEMM where it can."""
         if not (net.ok and self._direct(net, x)):
             return Backend.mlp_forward(self, weights, biases, net.acts, x, alpha=alpha,
-                                       masks=masks)  # fmt: skip
+                                       masks=masks, precision=precision)  # fmt: skip
         pattern, marr = self._masks(net, masks, x.shape[0])
         ws = self._workspace(net, weights, x.shape[0], pattern)
-        self._forward_layers(net, weights, biases, x, alpha, pattern, marr, ws, net.nl)
+        self._forward_layers(net, weights, biases, x, alpha, pattern, marr, ws, net.nl, precision)
         zs, outs, ins, ds = ws[:4]
-        tape = MLPTape(tuple(weights), net.acts, alpha, x, marr, zs, outs, ins)
+        tape = MLPTape(tuple(weights), net.acts, alpha, x, marr, zs, outs, ins, precision)
         tape.extra = (net, ds, False)  # backward runs layer by layer too
         return ins[-1].copy(), tape
 
@@ -88,9 +102,11 @@ class NumbaLayeredMixin(Backend):
                           dx: Any, need_dx: bool, plan: Any = None, on_layer: Any = None,
                           top: int | None = None) -> Any:  # fmt: skip
         """Backward layer by layer from layer `top` (default the last; ds[top] holds
-        dL/d(its output)). With a whole-step plan, each weight of at least gemm_update_min
-        elements whose gradient GEMM runs on the JIT kernel is updated inside it (returns the
-        list of layers updated so); else returns dx (or None)."""
+        dL/d(its output)), the GEMMs on the tape's precision. With a whole-step plan, each
+        float32 weight of at least gemm_update_min elements whose gradient GEMM runs on the JIT
+        kernel is updated inside it (returns the list of layers updated so); else returns dx (or
+        None). bf16 weights all join the multi-tensor update: inside the bf16 kernel the update
+        made the wide step 13% slower (BENCHMARKS.md)."""
         nl = net.nl
         top = nl - 1 if top is None else top
         nt = threads.get_num_threads()
@@ -99,6 +115,8 @@ class NumbaLayeredMixin(Backend):
         e = self._k.elementwise
         t = net.dt.type
         d = ds[top]
+        matmul, matmul_fused = self._gemms(tape.precision)
+        update_min = self.gemm_update_min if tape.precision == "float32" else None
         for l in range(top, -1, -1):
             if tape.masks[l].size:
                 np.multiply(d, tape.masks[l], out=d)
@@ -114,15 +132,15 @@ class NumbaLayeredMixin(Backend):
             src = x if l == 0 else tape.ins[l - 1]
             d_prev = None  # dX first: an update fused into the dW GEMM changes W[l]
             if l > 0:
-                d_prev = self._matmul(d, False, weights[l], False, ds[l - 1], nthreads=nt)
+                d_prev = matmul(d, False, weights[l], False, ds[l - 1], nthreads=nt)
             elif need_dx:
-                d_prev = self._matmul(d, False, weights[l], False, dx, nthreads=nt)
-            if plan is not None and wgrads[l].size >= self.gemm_update_min:
+                d_prev = matmul(d, False, weights[l], False, dx, nthreads=nt)
+            if plan is not None and update_min is not None and wgrads[l].size >= update_min:
                 ep = (plan.last_hp[0], plan.pflat[l], plan.flat[0][l], plan.flat[1][l],
                       plan.flat[2][l], plan.hp_rows[l], plan.flags[l])  # fmt: skip
-                fused[l] = self._matmul_fused(d, True, src, False, wgrads[l], nt, ep=ep)
+                fused[l] = matmul_fused(d, True, src, False, wgrads[l], nt, ep=ep)
             else:
-                self._matmul(d, True, src, False, wgrads[l], nthreads=nt)
+                matmul(d, True, src, False, wgrads[l], nthreads=nt)
             if on_layer is not None:
                 on_layer(l)
             d = d_prev
@@ -149,17 +167,18 @@ class NumbaLayeredMixin(Backend):
 
     def _layered_step_direct(self, plan: Any, weights: Any, biases: Any, wgrads: Any,
                              bgrads: Any, x: Any, labels: Any, alpha: float, masks: Any,
-                             logits_out: Any) -> Any:  # fmt: skip
+                             logits_out: Any, precision: str = "float32") -> Any:  # fmt: skip
         """fused_mlp_step layer by layer on checked arrays (plan.ok, x direct): forward, loss
-        and backward (the output layer in one call where `_head`), then the update of the
-        parameters not updated inside their gradient GEMMs in one call. Returns the loss."""
+        and backward (float32: the output layer in one call where `_head`), then the update of
+        the parameters not updated inside their gradient GEMMs in one call. Returns the loss."""
         net = plan.net
         nl, m = net.nl, x.shape[0]
         pattern, marr = self._masks(net, masks, m)
         ws = self._workspace(net, weights, m, pattern)
         zs, outs, ins, ds, wts, tmp = ws
-        tape = MLPTape(tuple(weights), net.acts, alpha, x, marr, zs, outs, ins)
-        if self._head(net, weights, m):
+        tape = MLPTape(tuple(weights), net.acts, alpha, x, marr, zs, outs, ins, precision)
+        f32 = precision == "float32"
+        if f32 and self._head(net, weights, m):
             if labels.shape != (m,):
                 raise ShapeError(f"labels have shape {labels.shape}, expected ({m},)")
             self._forward_layers(net, weights, biases, x, alpha, pattern, marr, ws, nl - 1)
@@ -178,7 +197,7 @@ class NumbaLayeredMixin(Backend):
                 fused = self._layered_backward(net, tape, ds, wgrads, bgrads, None, False,
                                                plan, top=nl - 2)  # fmt: skip
         else:
-            self._forward_layers(net, weights, biases, x, alpha, pattern, marr, ws, nl)
+            self._forward_layers(net, weights, biases, x, alpha, pattern, marr, ws, nl, precision)
             loss, _ = self.softmax_cross_entropy(ins[-1], labels, grad_out=ds[-1])
             if logits_out is not None:
                 logits_out[...] = ins[-1]
@@ -195,7 +214,9 @@ class NumbaLayeredMixin(Backend):
         keep, hp, fl = rest[6], rest[7], rest[8]
         hp[...] = plan.hp[keep]
         fl[...] = plan.flags[keep]
-        par = rest[5] >= self.parallel_step_update and not self._openblas_threads(m, net, weights)
+        par = rest[5] >= self.parallel_step_update and not (
+            f32 and self._openblas_threads(m, net, weights)
+        )
         k = self._k.step
         fn = k.update_params_parallel if par else k.update_params
         fn(*rest[:5], plan.last_hp[0], hp, fl)

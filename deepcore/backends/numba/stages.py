@@ -4,8 +4,9 @@
 A stage runs one of two routes with the same maths, chosen by size (`step_path`):
 - compiled: a small MLP's stage is one single-threaded call of kernels/numba/step.py (Python and
   dispatch overhead would otherwise dominate work of a few tens of microseconds);
-- layered: larger models go layer by layer on the backend's GEMM (JIT kernel or BLAS,
-  multithreaded) with bias + activation inside the forward GEMM.
+- layered: larger models, and every bf16 stage, go layer by layer on the backend's GEMM (JIT
+  kernel or BLAS, multithreaded; bf16: the vdpbf16ps kernel) with bias + activation inside the
+  forward GEMM.
 Validation happens once per set of arrays (a plan cached by their identities).
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from ...errors import ShapeError
 from .. import hyper
-from .._stages import MLPTape
+from .._stages import MLPTape, check_precision
 from ..base import ACTIVATIONS, FLOAT_DTYPES, Backend, check_activation
 from .layered import NumbaLayeredMixin
 from .updates import PARALLEL_ELEMENTS
@@ -65,6 +66,8 @@ class NumbaStagesMixin(NumbaLayeredMixin):
     step_path: str = "auto"
     #: Whether this backend's stages are fused calls (read by the step planner).
     fused_stages = True
+    #: bf16 runs the layered route on the bf16 kernel (fp16 runs module by module).
+    fused_precisions = ("float32", "bf16")
 
     # ------------------------------------------------------------------ plans
     def _net(self, weights: Sequence[Any], biases: Sequence[Any], acts: Sequence[str]) -> _Net:
@@ -174,10 +177,12 @@ class NumbaStagesMixin(NumbaLayeredMixin):
         *,
         alpha: float = 0.01,
         masks: Sequence[Any] | None = None,
+        precision: str = "float32",
     ) -> tuple[Any, MLPTape]:
         net = self._net(weights, biases, activations)
-        if not self._compiled(net, x):
-            return self._layered_forward(net, weights, biases, x, alpha, masks)
+        if precision != "float32" or not self._compiled(net, x):
+            check_precision(precision, self.fused_precisions, "mlp_forward")
+            return self._layered_forward(net, weights, biases, x, alpha, masks, precision)
         m = x.shape[0]
         pattern, marr = self._masks(net, masks, m)
         zs, outs, ins, ds, wts, tmp = self._workspace(net, weights, m, pattern)

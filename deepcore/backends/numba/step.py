@@ -1,9 +1,9 @@
 """The Numba backend's whole training step (`fused_mlp_step`): forward, softmax
 cross-entropy, backward and the optimizer update of an MLP as one call.
 
-Small models run as one compiled single-threaded call of kernels/numba/step.py; larger ones run
-layer by layer (layered.py): large weights are updated inside their gradient GEMM, while the
-gradient is in cache, and the other parameters in one compiled call.
+Small models run as one compiled single-threaded call of kernels/numba/step.py; larger ones and
+bf16 steps run layer by layer (layered.py): large float32 weights are updated inside their
+gradient GEMM, while the gradient is in cache, and the other parameters in one compiled call.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 
 from ...errors import ShapeError
 from .. import hyper
+from .._stages import check_precision
 from ..base import Backend
 from .stages import _PLANS_MAX, NumbaStagesMixin, _Net, _same
 
@@ -59,6 +60,7 @@ class NumbaStepMixin(NumbaStagesMixin):
         masks: Sequence[Any] | None = None,
         rows: tuple[Any, Any] | None = None,
         logits_out: Any = None,
+        precision: str = "float32",
     ) -> Any:
         """One training step of an MLP with softmax cross-entropy; returns the 0-d loss.
 
@@ -67,7 +69,9 @@ class NumbaStepMixin(NumbaStagesMixin):
         in place. `state` holds per-parameter lists ordered weights then biases (flat or
         param-shaped) in hyper.STATE_KEYS order. The hyperparameters come as keywords (one
         group) or as `rows` = (hp, flags), one packed row per parameter (hyper.pack).
+        `precision` "bf16": every GEMM on bf16 operands (as `gemm_bf16`), layer by layer.
         """
+        check_precision(precision, self.fused_precisions, "fused_mlp_step")
         if optimizer not in hyper.RULES:
             raise ValueError(
                 f"fused_mlp_step: optimizer must be one of {', '.join(hyper.RULES)}, "
@@ -101,12 +105,13 @@ class NumbaStepMixin(NumbaStagesMixin):
                 plan.hp[...] = hp  # the kernels' dtype and layout (and the GEMM epilogue's rows)
                 plan.flags[...] = flags
                 hp, flags = plan.hp, plan.flags
-        if not (plan.ok and self._compiled(net, x)):
+        if precision != "float32" or not (plan.ok and self._compiled(net, x)):
             if hp is not plan.hp:
                 plan.hp[...] = hp  # the layered route's GEMM epilogue reads plan's rows
                 plan.flags[...] = flags
             return self._layered_step(plan, weights, biases, weight_grads, bias_grads, x,
-                                      labels, optimizer, alpha, masks, logits_out)  # fmt: skip
+                                      labels, optimizer, alpha, masks, logits_out,
+                                      precision)  # fmt: skip
         m = x.shape[0]
         if labels.shape != (m,):
             raise ShapeError(f"labels have shape {labels.shape}, expected ({m},)")
@@ -179,23 +184,23 @@ class NumbaStepMixin(NumbaStagesMixin):
 
     def _layered_step(self, plan: _Plan, weights: Any, biases: Any, wgrads: Any, bgrads: Any,
                       x: Any, labels: Any, optimizer: str, alpha: float, masks: Any,
-                      logits_out: Any) -> Any:  # fmt: skip
-        """fused_mlp_step layer by layer (large models; layered.py), or through the public
-        stages for arrays the kernels do not take."""
+                      logits_out: Any, precision: str) -> Any:  # fmt: skip
+        """fused_mlp_step layer by layer (large models, bf16; layered.py), or through the
+        public stages for arrays the kernels do not take."""
         net = plan.net
         x = self.asarray(x)
         if not (plan.ok and self._direct(net, x)):
             return self._staged_step(plan, weights, biases, wgrads, bgrads, x, labels,
-                                     optimizer, alpha, masks, logits_out)  # fmt: skip
+                                     optimizer, alpha, masks, logits_out, precision)  # fmt: skip
         return self._layered_step_direct(plan, weights, biases, wgrads, bgrads, x, labels,
-                                         alpha, masks, logits_out)  # fmt: skip
+                                         alpha, masks, logits_out, precision)  # fmt: skip
 
     def _staged_step(self, plan: _Plan, weights: Any, biases: Any, wgrads: Any, bgrads: Any,
                      x: Any, labels: Any, optimizer: str, alpha: float, masks: Any,
-                     logits_out: Any) -> Any:  # fmt: skip
+                     logits_out: Any, precision: str) -> Any:  # fmt: skip
         """The same step through the backend's public stages (arrays the kernels do not take)."""
         logits, tape = Backend.mlp_forward(self, weights, biases, plan.net.acts, x, alpha=alpha,
-                                           masks=masks)  # fmt: skip
+                                           masks=masks, precision=precision)  # fmt: skip
         loss, d = self.softmax_cross_entropy(logits, labels)
         if logits_out is not None:
             logits_out[...] = logits
