@@ -90,7 +90,8 @@ def bench_steps(name: str, rounds: int) -> dict[str, list[float]]:
     def deepcore_step(precision: str) -> Any:
         m = dc.nn.mlp(list(sizes), "relu", backend="numba")
         m.load_state_dict(state)
-        t = Trainer(m, "cross_entropy", "sgd", lr=0.01, precision=precision)
+        opt = dc.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)  # as torch's below
+        t = Trainer(m, "cross_entropy", opt, precision=precision)
         return lambda: t.train_step(X, y)
 
     def torch_step(bf16: bool) -> Any:

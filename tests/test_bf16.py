@@ -247,11 +247,10 @@ def test_vdpbf16_intrinsic_emits_the_instruction_and_its_maths():
     y = rng.standard_normal(32).astype(np.float32)
     c = rng.standard_normal(16).astype(np.float32)
     pack = np.empty(16, np.uint32)
-    tmp = np.empty(16, np.uint32)
     a = np.empty((1, 16), np.uint32)
-    kern.pack_a(x.reshape(1, 32), False, a, tmp)
+    kern.pack_a(x.reshape(1, 32), False, a)
     b = np.empty((1, 16), np.uint32)
-    kern.pack_a(y.reshape(1, 32), False, b, tmp)
+    kern.pack_a(y.reshape(1, 32), False, b)
     pack[:] = a[0]
     expect = c.astype(np.float64) + (round_bf16(x) * round_bf16(y)).reshape(16, 2).sum(1)
     dot(c, pack, b[0].copy())
@@ -314,10 +313,10 @@ def test_numba_bf16_gemm_with_in_kernel_sgd_update():
     g = be.gemm_bf16(dz, x, trans_a=True)
     expect = w - np.float32(0.1) * g
     m, n, k = 80, 150, 64
-    sa, sb, st = kern.packed_shapes(m, n, k)
-    ap, bp, tmp = np.empty(sa, np.uint32), np.empty(sb, np.uint32), np.empty(st, np.uint32)
-    kern.pack_a(dz, True, ap, tmp)
-    kern.pack_b(x, False, bp, tmp)
+    sa, sb = kern.packed_shapes(m, n, k)
+    ap, bp = np.empty(sa, np.uint32), np.empty(sb, np.uint32)
+    kern.pack_a(dz, True, ap)
+    kern.pack_b(x, False, bp)
     e = np.empty(0, np.float32)
     hp = np.zeros(9, np.float32)
     hp[0], hp[2] = 0.1, 1.0  # lr, 1 - dampening
@@ -382,7 +381,9 @@ def test_no_warning_on_bf16_cpu():
     assert "vdpbf16ps" in be.bf16_info()
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (3, 33), (37, 70), (64, 129), (130, 31)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (3, 33), (37, 70), (64, 129), (130, 31), (100, 200), (161, 67)]
+)
 def test_bf16_packs_round_to_nearest_even_bit_for_bit(shape):
     """The packs (vector bodies and scalar tails, all four layouts) give the bits of
     precision.round_bf16, including ties, NaN, infinities, signed zeros and subnormals."""
@@ -403,10 +404,9 @@ def test_bf16_packs_round_to_nearest_even_bit_for_bit(shape):
         pairs = np.zeros((m, 2 * kq), np.uint32)
         pairs[:, :k] = bits
         want_a = pairs[:, 0::2] | (pairs[:, 1::2] << 16)
-        tmp = np.empty(kq * max(m, k) + 64, np.uint32)
         for pack in (kp.pack_a, kp.pack_a_serial):
             got = np.empty((m, kq), np.uint32)
-            pack(src, t, got, tmp)
+            pack(src, t, got)
             np.testing.assert_array_equal(got, want_a)
         # B = x read as k x n (rows of x are k): strips of 64 columns
         kb, n = r, c
@@ -415,10 +415,9 @@ def test_bf16_packs_round_to_nearest_even_bit_for_bit(shape):
         padded[:kb, :n] = bits
         words = padded[0::2] | (padded[1::2] << 16)  # kqb x n_pad
         want_b = words.reshape(kqb, -1, 64).transpose(1, 0, 2)
-        tmp = np.empty(kqb * max(kb, n) + 64, np.uint32)
         for pack in (kp.pack_b, kp.pack_b_serial):
             got = np.empty(want_b.shape, np.uint32)
-            pack(src, t, got, tmp)
+            pack(src, t, got)
             np.testing.assert_array_equal(got, want_b)
 
 
@@ -427,8 +426,21 @@ def test_bf16_packs_refuse_a_strided_operand():
     from deepcore.kernels.numba import bf16_pack as kp
 
     x = np.ones((8, 64), np.float32)[:, ::2]  # 8 x 32, not contiguous
-    tmp = np.empty(1024, np.uint32)
     with pytest.raises(ValueError, match="C-contiguous"):
-        kp.pack_a_serial(x, False, np.empty((8, 16), np.uint32), tmp)
+        kp.pack_a_serial(x, False, np.empty((8, 16), np.uint32))
     with pytest.raises(ValueError, match="C-contiguous"):
-        kp.pack_b_serial(x, False, np.empty((1, 4, 64), np.uint32), tmp)
+        kp.pack_b_serial(x, False, np.empty((1, 4, 64), np.uint32))
+
+
+def test_serial_and_parallel_packs_have_their_own_cache_entries():
+    """Numba keys its disk cache on the function's name and bytecode, not on `parallel`: two
+    builds of one function shared an entry, and the parallel pack could load the serial one."""
+    _numba()
+    from deepcore.kernels.numba import bf16_pack as kp
+
+    names = {f.py_func.__qualname__ for f in (kp.pack_a, kp.pack_a_serial, kp.pack_b,
+                                                kp.pack_b_serial)}  # fmt: skip
+    assert len(names) == 4
+    assert kp.pack_a.targetoptions.get("parallel") and not kp.pack_a_serial.targetoptions.get(
+        "parallel"
+    )

@@ -233,11 +233,10 @@ def grid(m: int, n: int, k: int, nthreads: int) -> tuple[int, int]:
     return choose_grid(m, n, -(-k // 2), nthreads, NR)
 
 
-def packed_shapes(m: int, n: int, k: int) -> tuple[tuple[int, int], tuple[int, int, int], int]:
-    """Shapes of the packed A (m x kq words) and B (strips x kq x NR words), and the words of
-    the transposing packs' staging buffer."""
+def packed_shapes(m: int, n: int, k: int) -> tuple[tuple[int, int], tuple[int, int, int]]:
+    """Shapes of the packed A (m x kq words) and B (strips x kq x NR words)."""
     kq = -(-k // 2)
-    return (m, kq), (-(-n // NR), kq, NR), kq * max(m, n)
+    return (m, kq), (-(-n // NR), kq, NR)
 
 
 def workspace_size() -> int:

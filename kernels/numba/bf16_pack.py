@@ -4,12 +4,13 @@ consecutive k in one 32-bit word (low half = even k), 16 words a vector.
 A becomes rows of k pairs (m x kq words); op(B) becomes NR-wide strips [strip][pair][NR] words,
 zero-padded, the layout `vdpbf16ps` multiplies lane by lane. The rounding runs on integer
 vectors (`vbf16_rows`, `vbf16_adjacent`: a few integer ops and one shuffle a vector) with
-the scalar `bf16_bits` for the tails; both give the same bits. A transposed operand is first
-paired along its rows into a staging buffer, then transposed as 32-bit words, 16 x 16 in
-registers.
+the scalar `bf16_bits` for the tails; both give the same bits. A transposed operand is paired
+and transposed in one pass: 16 x 16 blocks of words through a small buffer and registers.
 """
 
 from __future__ import annotations
+
+from types import FunctionType
 
 import numpy as np
 from llvmlite import ir
@@ -125,28 +126,25 @@ def _pair_rows(u, q, j0, out, o, n):
             out[o + t] = bf16_bits(u[2 * q, j0 + t])
 
 
-@njit(**OPTS)
-def _transpose_words(src, r0, r1, cols, dst, d_off, d_ld):
-    """dst[d_off + c*d_ld + (r - r0)] = src[r*cols + c] for r0 <= r < r1, c < cols: 16 x 16
-    blocks through registers (simd.vtranspose), the edges element by element."""
-    L = lanes(src)
-    rl = r0 + (r1 - r0) - (r1 - r0) % L
-    cl = cols - cols % L
-    for r in range(r0, rl, L):
-        for c in range(0, cl, L):
-            vtranspose(src, r * cols + c, cols, dst, d_off + c * d_ld + (r - r0), d_ld)
-        for c in range(cl, cols):
-            for i in range(L):
-                dst[d_off + c * d_ld + r - r0 + i] = src[(r + i) * cols + c]
-    for r in range(rl, r1):
-        for c in range(cols):
-            dst[d_off + c * d_ld + r - r0] = src[r * cols + c]
+#: Columns of `a` per block of the transposing pack_a, and pairs of k per chunk of pack_b:
+#: few concurrent read streams, long runs of writes (measured at 4096^2, 2 threads: 7.5 and
+#: 3.8 ms against 15 and 8.4 for the two-pass packs; BENCHMARKS.md).
+_A_COLS = 64
+_B_PAIRS = 4
 
 
-def _pack_a(a, ta, out, tmp):
+@njit(inline="always", **OPTS)
+def _word(u, r, c0, c1):
+    """The pair (u[r, c0], u[r, c1]), or bf16(u[r, c0]) alone when c1 is past u's columns."""
+    if c1 < u.shape[1]:
+        return _pair(u[r, c0], u[r, c1])
+    return bf16_bits(u[r, c0])
+
+
+def _pack_a(a, ta, out):
     """op(a) (m x k) -> out (m x kq words, kq = ceil(k/2)): out[i, q] = bf16(op(a)[i, 2q]) |
-    bf16(op(a)[i, 2q+1]) << 16, zero for k's odd tail. op(a) = a.T goes through tmp (kq x m
-    words: rows of a paired, then transposed in registers); tmp has >= kq * m words. a must be
+    bf16(op(a)[i, 2q+1]) << 16, zero for k's odd tail. For op(a) = a.T, blocks of 16 columns
+    of a are paired down its rows and transposed 16 x 16 in registers, in one pass. a must be
     C-contiguous (the vector loads index it flat)."""
     if not a.flags.c_contiguous:
         raise ValueError("pack_a: a must be C-contiguous")
@@ -157,61 +155,96 @@ def _pack_a(a, ta, out, tmp):
         for i in prange(m):
             _pair_along_rows(u, i, of, i * kq, a.shape[1])
         return
-    for q in prange(kq):
-        _pair_rows(u, q, 0, tmp, q * m, m)
-    nb = -(-m // 16)
-    for blk in prange(nb):  # out rows blk*16.. = tmp columns: out = tmp.T
-        c0 = blk * 16
-        c1 = min(m, c0 + 16)
-        # rows of out c0:c1 from tmp[:, c0:c1]: transpose tmp's (kq x 16) column block
-        for q0 in range(0, kq, 16):
-            q1 = min(kq, q0 + 16)
-            if q1 - q0 == 16 and c1 - c0 == 16:
-                vtranspose(tmp, q0 * m + c0, m, of, c0 * kq + q0, kq)
-            else:
-                for q in range(q0, q1):
-                    for c in range(c0, c1):
-                        of[c * kq + q] = tmp[q * m + c]
+    L = lanes(of)
+    k = a.shape[0]
+    kl = (k // 2) - (k // 2) % L  # pairs in whole 16-pair blocks
+    for blk in prange(-(-m // _A_COLS)):
+        buf = np.empty(L * L, np.uint32)
+        i0 = blk * _A_COLS
+        ie = min(m, i0 + _A_COLS)
+        iv = ie - (ie - i0) % L
+        for q in range(0, kl, L):
+            for c in range(i0, iv, L):
+                for t in range(L):
+                    o = 2 * (q + t) * m + c
+                    vstore(buf, t * L, vbf16_rows(vload(u, o), vload(u, o + m)))
+                vtranspose(buf, 0, L, of, c * kq + q, kq)
+            for i in range(iv, ie):
+                for t in range(q, q + L):
+                    of[i * kq + t] = _pair(u[2 * t, i], u[2 * t + 1, i])
+        for q in range(kl, kq):
+            for i in range(i0, ie):
+                if 2 * q + 1 < k:
+                    of[i * kq + q] = _pair(u[2 * q, i], u[2 * q + 1, i])
+                else:
+                    of[i * kq + q] = bf16_bits(u[2 * q, i])
 
 
-def _pack_b(b, tb, out, tmp):
+def _pack_b(b, tb, out):
     """op(b) (k x n) -> out (strips x kq x NR words): out[s, q, j] = bf16(op(b)[2q, s*NR+j]) |
-    bf16(op(b)[2q+1, s*NR+j]) << 16, zero past n and for k's odd tail. op(b) = b.T goes
-    through tmp (n x kq words: rows of b paired, then transposed in registers). b must be
-    C-contiguous (the vector loads index it flat)."""
+    bf16(op(b)[2q+1, s*NR+j]) << 16, zero past n and for k's odd tail. For op(b) = b.T, each
+    16-row block of b is paired along its rows and transposed 16 x 16 in registers, in one
+    pass. b must be C-contiguous (the vector loads index it flat)."""
     if not b.flags.c_contiguous:
         raise ValueError("pack_b: b must be C-contiguous")
     ns, kq, nr = out.shape
-    n = b.shape[0] if tb else b.shape[1]
     u = b.view(np.uint32)
     of = out.reshape(-1)
     z = np.uint32(0)
     if not tb:
-        for q in prange(kq):  # two rows of b at a time, straight into their strips
+        n = b.shape[1]
+        for c in prange(-(-kq // _B_PAIRS)):  # a few row pairs of b, into every strip
+            q0 = c * _B_PAIRS
+            q1 = min(kq, q0 + _B_PAIRS)
             for s in range(ns):
                 j0 = s * nr
                 w = min(nr, n - j0)
-                o = (s * kq + q) * nr
-                _pair_rows(u, q, j0, of, o, w)
-                for j in range(w, nr):
-                    of[o + j] = z
+                for q in range(q0, q1):
+                    o = (s * kq + q) * nr
+                    _pair_rows(u, q, j0, of, o, w)
+                    for j in range(w, nr):
+                        of[o + j] = z
         return
-    for j in prange(n):
-        _pair_along_rows(u, j, tmp, j * kq, b.shape[1])
+    n, k = b.shape
+    L = lanes(of)
+    kp = k // 2
+    ql = kp - kp % L
     for s in prange(ns):
-        j0 = s * nr
-        w = min(nr, n - j0)
-        _transpose_words(tmp, j0, j0 + w, kq, of, s * kq * nr, nr)
-        for q in range(kq):
-            for j in range(w, nr):
-                of[(s * kq + q) * nr + j] = z
+        buf = np.empty(L * L, np.uint32)
+        for j0 in range(0, nr, L):
+            r0 = s * nr + j0
+            if r0 + L <= n:
+                for q in range(0, ql, L):
+                    for i in range(L):
+                        o = (r0 + i) * k + 2 * q
+                        vstore(buf, i * L, vbf16_adjacent(vload(u, o), vload(u, o + L)))
+                    vtranspose(buf, 0, L, of, (s * kq + q) * nr + j0, nr)
+                for q in range(ql, kq):
+                    for i in range(L):
+                        of[(s * kq + q) * nr + j0 + i] = _word(u, r0 + i, 2 * q, 2 * q + 1)
+            else:  # the last strip's rows past n are zero
+                for q in range(kq):
+                    for i in range(L):
+                        w = z
+                        if r0 + i < n:
+                            w = _word(u, r0 + i, 2 * q, 2 * q + 1)
+                        of[(s * kq + q) * nr + j0 + i] = w
+
+
+def _named(fn, name: str):  # type: ignore[no-untyped-def]
+    """A copy of `fn` called `name`. Numba keys its on-disk cache on a function's name and
+    bytecode, not on its compile flags: a serial and a parallel build of one function shared
+    one cache entry, and a process could load the serial build for the parallel pack."""
+    g = FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    g.__qualname__ = name
+    return g
 
 
 #: The packs on all threads (large operands) and on the calling thread (small ones: a parallel
 #: region costs more than the work, and far more on a loaded machine).
-pack_a = njit(parallel=True, **OPTS)(_pack_a)
-pack_b = njit(parallel=True, **OPTS)(_pack_b)
-pack_a_serial = njit(**OPTS)(_pack_a)
-pack_b_serial = njit(**OPTS)(_pack_b)
+pack_a = njit(parallel=True, **OPTS)(_named(_pack_a, "pack_a"))
+pack_b = njit(parallel=True, **OPTS)(_named(_pack_b, "pack_b"))
+pack_a_serial = njit(**OPTS)(_named(_pack_a, "pack_a_serial"))
+pack_b_serial = njit(**OPTS)(_named(_pack_b, "pack_b_serial"))
 #: Words from which a pack runs on all threads.
 PARALLEL_PACK_WORDS = 1 << 16

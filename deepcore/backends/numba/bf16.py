@@ -50,7 +50,7 @@ class NumbaBf16Mixin(Backend):
 
     def _bf16_buffer(self, tag: str, shape: tuple[int, ...]) -> np.ndarray:
         """A packed-operand buffer of `shape` (uint32 words): one per tag, grown to the largest
-        GEMM seen, so a model's many GEMM shapes share three buffers (wide: ~64 MiB each)."""
+        GEMM seen, so a model's many GEMM shapes share two buffers (wide: ~64 MiB each)."""
         bufs = self.__dict__.setdefault("_bf16_bufs", {})
         size = int(np.prod(shape))
         buf = bufs.get(tag)
@@ -109,17 +109,16 @@ class NumbaBf16Mixin(Backend):
             return self._matmul(ra, bool(ta), rb, bool(tb), out, alpha, beta), False
         a = np.ascontiguousarray(a)
         b = np.ascontiguousarray(b)
-        sa, sb, st = kern.packed_shapes(m, n, k)
+        sa, sb = kern.packed_shapes(m, n, k)
         ap = self._bf16_buffer("a", sa)
         bp = self._bf16_buffer("b", sb)
-        tmp = self._bf16_buffer("t", (st,))
         nt = threads.get_num_threads() if nt is None else nt
         big = nt > 1 and max(ap.size, bp.size) >= kern.PARALLEL_PACK_WORDS
         pack_a, pack_b = (
             (kern.pack_a, kern.pack_b) if big else (kern.pack_a_serial, kern.pack_b_serial)
         )
-        pack_a(a, bool(ta), ap, tmp)  # both read before out is written: out may alias a or b
-        pack_b(b, bool(tb), bp, tmp)
+        pack_a(a, bool(ta), ap)  # both read before out is written: out may alias a or b
+        pack_b(b, bool(tb), bp)
         ep, no_fe = self._no_epilogues(np.dtype(np.float32))
         fe = no_fe if fe is None else fe
         t = np.float32
