@@ -111,6 +111,51 @@ def test_linear_and_backward_match_reference(nb, ref, dt, kind, shape):
     close(acc, 2 * db2.astype(np.float64), dt, 20 * m**0.5)
 
 
+@pytest.mark.parametrize("kind", ["relu", "identity", "tanh"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_parallel_bias_grad_same_bits_for_any_thread_count(nb, kind, in_place):
+    """Above PARALLEL_ELEMENTS the fused activation backward runs on all threads, a block of
+    columns each: the same bits as one thread summing every column row by row, and the float64
+    formula within float32 rounding."""
+    import deepcore as dc
+    from deepcore.backends.numba.updates import PARALLEL_ELEMENTS
+
+    rng = np.random.default_rng(3)
+    m, n = 300, -(-PARALLEL_ELEMENTS // 300) + 37  # n not a multiple of 16
+    y = rng.standard_normal((m, n)).astype(np.float32)
+    if kind == "relu":
+        y = np.maximum(y, 0)
+    elif kind == "tanh":
+        y = np.tanh(y)
+    dy = rng.standard_normal((m, n)).astype(np.float32)
+    got = {}
+    before = dc.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            dc.set_num_threads(min(t, before) if t > 1 else 1)
+            d = dy.copy()
+            out = d if in_place else np.empty_like(d)
+            dx, db = nb.activation_backward_bias_grad(kind, d, y=y, dx_out=out)
+            got[t] = (dx.copy(), db.copy())
+    finally:
+        dc.set_num_threads(before)
+    serial = (np.empty_like(dy), np.empty(n, np.float32))
+    code = ACTIVATIONS.index(kind)
+    nb._k.elementwise.act_backward_bias_grad_cols(0, n, code, dy, y, y, np.float32(0.01),
+                                                  *serial, False)  # fmt: skip
+    for dx, db in got.values():
+        np.testing.assert_array_equal(dx, serial[0])
+        np.testing.assert_array_equal(db, serial[1])
+    deriv = {
+        "relu": (y > 0).astype(np.float64),
+        "identity": 1.0,
+        "tanh": 1.0 - y.astype(np.float64) ** 2,
+    }
+    dz64 = dy.astype(np.float64) * deriv[kind]
+    np.testing.assert_allclose(got[1][0], dz64, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got[1][1], dz64.sum(0), rtol=1e-4, atol=1e-4)
+
+
 def test_gelu_independent_formula(nb):
     import math
 

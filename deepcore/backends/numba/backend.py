@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import threads
 from .. import hyper
 from ..base import ACTIVATIONS, check_activation
 from . import mkl as _mkl
@@ -196,7 +197,7 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaBf16Mixin, NumbaGe
         )
         e = self._k.elementwise
         if dy.size >= PARALLEL_ELEMENTS:
-            e.act_backward_bias_grad(*args)
+            e.act_backward_bias_grad(*args, threads.get_num_threads())
         else:
             e.act_backward_bias_grad_cols(0, dy.shape[1], *args)
         return dx_out, db_out
