@@ -36,7 +36,17 @@ from .elementwise import bias_act_flat
 from .gemm import choose_grid
 from .micro import MR, _spill, _store, _store_edge, row_offsets
 from .optimizers import update_flat
-from .simd import Vec, _host_cpu, intrinsic, lanes, vbroadcast, vload, vsplat, vzero
+from .simd import (
+    Vec,
+    _host_cpu,
+    intrinsic,
+    lanes,
+    prefetch_write,
+    vbroadcast,
+    vload,
+    vsplat,
+    vzero,
+)
 
 #: Vectors per row of the register block (4 zmm = 64 float32 columns), and of the half block.
 NV = 4
@@ -98,6 +108,10 @@ def micro(a, a0, a1, a2, a3, a4, a5, b, bo, kc, c, co, ldc, mr, nr, first, alpha
     z = vzero(c)
     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = c20 = c21 = c22 = c23 = z
     c30 = c31 = c32 = c33 = c40 = c41 = c42 = c43 = c50 = c51 = c52 = c53 = z
+    if nr == nr_full:  # C's rows arrive while the sum runs (a store that misses stalls)
+        for r in range(mr):
+            for v in range(nv):
+                prefetch_write(c, co + r * ldc + v * L)
     for q in range(kc):
         o = bo + q * NR
         b0 = vload(b, o)
