@@ -134,11 +134,19 @@ _B_PAIRS = 4
 
 
 @njit(inline="always", **OPTS)
-def _word(u, r, c0, c1):
-    """The pair (u[r, c0], u[r, c1]), or bf16(u[r, c0]) alone when c1 is past u's columns."""
-    if c1 < u.shape[1]:
-        return _pair(u[r, c0], u[r, c1])
-    return bf16_bits(u[r, c0])
+def _row_word(u, r, q):
+    """The pair (u[r, 2q], u[r, 2q+1]), or bf16(u[r, 2q]) alone when 2q+1 is past u's columns."""
+    if 2 * q + 1 < u.shape[1]:
+        return _pair(u[r, 2 * q], u[r, 2 * q + 1])
+    return bf16_bits(u[r, 2 * q])
+
+
+@njit(inline="always", **OPTS)
+def _col_word(u, q, c):
+    """The pair (u[2q, c], u[2q+1, c]), or bf16(u[2q, c]) alone when 2q+1 is past u's rows."""
+    if 2 * q + 1 < u.shape[0]:
+        return _pair(u[2 * q, c], u[2 * q + 1, c])
+    return bf16_bits(u[2 * q, c])
 
 
 def _pack_a(a, ta, out):
@@ -169,15 +177,9 @@ def _pack_a(a, ta, out):
                     o = 2 * (q + t) * m + c
                     vstore(buf, t * L, vbf16_rows(vload(u, o), vload(u, o + m)))
                 vtranspose(buf, 0, L, of, c * kq + q, kq)
-            for i in range(iv, ie):
-                for t in range(q, q + L):
-                    of[i * kq + t] = _pair(u[2 * t, i], u[2 * t + 1, i])
-        for q in range(kl, kq):
-            for i in range(i0, ie):
-                if 2 * q + 1 < k:
-                    of[i * kq + q] = _pair(u[2 * q, i], u[2 * q + 1, i])
-                else:
-                    of[i * kq + q] = bf16_bits(u[2 * q, i])
+        for i in range(i0, ie):  # the block's last columns and pairs, word by word
+            for q in range(0 if i >= iv else kl, kq):
+                of[i * kq + q] = _col_word(u, q, i)
 
 
 def _pack_b(b, tb, out):
@@ -221,13 +223,13 @@ def _pack_b(b, tb, out):
                     vtranspose(buf, 0, L, of, (s * kq + q) * nr + j0, nr)
                 for q in range(ql, kq):
                     for i in range(L):
-                        of[(s * kq + q) * nr + j0 + i] = _word(u, r0 + i, 2 * q, 2 * q + 1)
+                        of[(s * kq + q) * nr + j0 + i] = _row_word(u, r0 + i, q)
             else:  # the last strip's rows past n are zero
                 for q in range(kq):
                     for i in range(L):
                         w = z
                         if r0 + i < n:
-                            w = _word(u, r0 + i, 2 * q, 2 * q + 1)
+                            w = _row_word(u, r0 + i, q)
                         of[(s * kq + q) * nr + j0 + i] = w
 
 

@@ -188,24 +188,19 @@ def act_backward_bias_grad_cols(lo, hi, code, dy, x, y, alpha, dx, db, accumulat
     if not accumulate:
         for j in range(lo, hi):
             db[j] = 0
-    if code == RELU or code == IDENTITY:  # branch-free over 0-based row slices: vectorizes;
-        dbs = db[lo:hi]  # same sums, same order
+    in_place = dx.ctypes.data == dy.ctypes.data  # one name for it, or LLVM stays scalar
+    if code == IDENTITY:  # dx = dy: the column sums, and a copy unless in place
+        dbs = db[lo:hi]
+        for i in range(m):
+            dyr = dy[i, lo:hi]
+            if not in_place:
+                dx[i, lo:hi] = dyr
+            for j in range(dbs.shape[0]):
+                dbs[j] += dyr[j]
+        return
+    if code == RELU:  # branch-free over 0-based row slices: vectorizes; same sums, same order
+        dbs = db[lo:hi]
         zero = alpha - alpha
-        relu = code == RELU
-        in_place = dx.ctypes.data == dy.ctypes.data  # one name for it, or LLVM stays scalar
-        if not relu and in_place:
-            for i in range(m):
-                dyr = dy[i, lo:hi]
-                for j in range(dbs.shape[0]):
-                    dbs[j] += dyr[j]
-            return
-        if not relu:
-            for i in range(m):
-                dyr, dxr = dy[i, lo:hi], dx[i, lo:hi]
-                for j in range(dbs.shape[0]):
-                    dxr[j] = dyr[j]
-                    dbs[j] += dyr[j]
-            return
         for i in range(m):
             dyr, yr = dy[i, lo:hi], y[i, lo:hi]
             if in_place:
