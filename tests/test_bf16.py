@@ -313,20 +313,72 @@ def test_numba_bf16_gemm_with_in_kernel_sgd_update():
     g = be.gemm_bf16(dz, x, trans_a=True)
     expect = w - np.float32(0.1) * g
     m, n, k = 80, 150, 64
-    sa, sb = kern.packed_shapes(m, n, k)
-    ap, bp = np.empty(sa, np.uint32), np.empty(sb, np.uint32)
+    ap = np.empty(kern.packed_a_shape(m, k), np.uint32)
     kern.pack_a(dz, True, ap)
-    kern.pack_b(x, False, bp)
     e = np.empty(0, np.float32)
     hp = np.zeros(9, np.float32)
     hp[0], hp[2] = 0.1, 1.0  # lr, 1 - dampening
     ep = (np.int64(optimizers.SGD), w.reshape(-1), e, e, e, hp, np.array([0, 0, 1]))
     _, fe = be._no_epilogues(np.dtype(np.float32))
     c = np.empty((m, n), np.float32)
-    kern.gemm_block(ap, bp, c, np.float32(1), np.float32(0), 0, m, 0, n,
-                    np.empty(kern.workspace_size(), np.float32), ep, fe)  # fmt: skip
-    np.testing.assert_array_equal(c, g)
+    kern.gemm_block(ap, x, False, c, np.float32(1), np.float32(0), 0, m, 0, n,
+                    np.empty(kern.workspace_words(), np.uint32), ep, fe, True)  # fmt: skip
+    np.testing.assert_array_equal(c, g)  # (streaming asked for, refused: the update reads C)
     np.testing.assert_array_equal(w, expect)
+
+
+def _aligned(shape, misalign=0):
+    """A float32 array starting `misalign` floats past a 64-byte boundary."""
+    size = int(np.prod(shape))
+    raw = np.empty(size + 32, np.float32)
+    off = (-raw.ctypes.data // 4) % 16 + misalign
+    return raw[off : off + size].reshape(shape)
+
+
+@pytest.mark.parametrize("m,n,k", [(50, 192, 40), (13, 130, 64), (70, 256, 2100), (6, 64, 3)])
+@pytest.mark.parametrize("misalign", [0, 1])
+@pytest.mark.parametrize("tb", [False, True])
+def test_numba_bf16_gemm_streaming_stores_give_the_same_bits(m, n, k, misalign, tb):
+    """C written by non-temporal stores (one K block, beta 0, aligned) equals C written by the
+    ordinary stores, on one thread and on a 1 x 2 and a 2 x 1 grid; where streaming is refused
+    (misaligned C, n not a whole vector, several K blocks) the result is the same too."""
+    be = _numba()
+    kern = be._bf16_kernels()
+    if kern is None:
+        pytest.skip("this CPU has no AVX512_BF16")
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    src = np.ascontiguousarray(b.T) if tb else b  # op(src) == b
+    ap = np.empty(kern.packed_a_shape(m, k), np.uint32)
+    kern.pack_a(a, False, ap)
+    ep, fe = be._no_epilogues(np.dtype(np.float32))
+    ws = np.empty((2, kern.workspace_words()), np.uint32)
+    t = np.float32
+    ref = _aligned((m, n))
+    kern.gemm_block(ap, src, tb, ref, t(0.5), t(0), 0, m, 0, n, ws[0], ep, fe, False)
+    exact = 0.5 * (round_bf16(a).astype(np.float64) @ round_bf16(b).astype(np.float64))
+    np.testing.assert_allclose(ref, exact, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+    for grid in [None, (1, 2), (2, 1)]:
+        c = _aligned((m, n), misalign)
+        c.fill(np.nan)
+        if grid is None:
+            kern.gemm_block(ap, src, tb, c, t(0.5), t(0), 0, m, 0, n, ws[0], ep, fe, True)
+        else:
+            kern.gemm_parallel(ap, src, tb, c, t(0.5), t(0), ws, *grid, ep, fe, True)
+        np.testing.assert_array_equal(c, ref)
+
+
+def test_numba_backend_empty_is_cache_line_aligned_when_large():
+    """Gradient buffers come from Backend.empty: large ones start on a 64-byte line (the bf16
+    GEMM streams only there), small ones are plain arrays; shape and dtype as asked."""
+    be = _numba()
+    for shape, dtype in [((1024, 300), "float32"), ((70000,), "float64"), ((3, 4), "float32")]:
+        x = be.empty(shape, dtype)
+        assert x.shape == shape and x.dtype == np.dtype(dtype) and x.flags.c_contiguous
+        x[...] = 1  # writable, the whole of it
+        if x.nbytes >= (1 << 20):
+            assert x.ctypes.data % 64 == 0
 
 
 # ------------------------------------------------------------------ Linear under autocast
@@ -408,17 +460,21 @@ def test_bf16_packs_round_to_nearest_even_bit_for_bit(shape):
             got = np.empty((m, kq), np.uint32)
             pack(src, t, got)
             np.testing.assert_array_equal(got, want_a)
-        # B = x read as k x n (rows of x are k): strips of 64 columns
+        # B = x read as k x n (rows of x are k): strips of 64 columns; the whole of it as one
+        # block, then a block of later pairs and columns (the GEMM's K and N blocks)
         kb, n = r, c
         kqb = -(-kb // 2)
-        padded = np.zeros((2 * kqb, -(-n // 64) * 64), np.uint32)
+        padded = np.zeros((2 * kqb, -(-n // 64) * 64 + 64), np.uint32)
         padded[:kb, :n] = bits
         words = padded[0::2] | (padded[1::2] << 16)  # kqb x n_pad
-        want_b = words.reshape(kqb, -1, 64).transpose(1, 0, 2)
-        for pack in (kp.pack_b, kp.pack_b_serial):
-            got = np.empty(want_b.shape, np.uint32)
-            pack(src, t, got)
-            np.testing.assert_array_equal(got, want_b)
+        buf = np.empty(256, np.uint32)
+        for q0, j0 in [(0, 0), (kqb // 3, 64 * (n // 128))]:
+            kc, nc = kqb - q0, n - j0
+            ns = -(-nc // 64)
+            want_b = words[q0:, j0 : j0 + 64 * ns].reshape(kc, ns, 64).transpose(1, 0, 2)
+            got = np.full(want_b.size, 7, np.uint32)
+            kp.pack_b_block(src.view(np.uint32), t, q0, kc, j0, nc, 64, got, buf)
+            np.testing.assert_array_equal(got.reshape(want_b.shape), want_b)
 
 
 def test_bf16_packs_refuse_a_strided_operand():
@@ -428,8 +484,6 @@ def test_bf16_packs_refuse_a_strided_operand():
     x = np.ones((8, 64), np.float32)[:, ::2]  # 8 x 32, not contiguous
     with pytest.raises(ValueError, match="C-contiguous"):
         kp.pack_a_serial(x, False, np.empty((8, 16), np.uint32))
-    with pytest.raises(ValueError, match="C-contiguous"):
-        kp.pack_b_serial(x, False, np.empty((1, 4, 64), np.uint32))
 
 
 def test_serial_and_parallel_packs_have_their_own_cache_entries():
@@ -438,9 +492,8 @@ def test_serial_and_parallel_packs_have_their_own_cache_entries():
     _numba()
     from deepcore.kernels.numba import bf16_pack as kp
 
-    names = {f.py_func.__qualname__ for f in (kp.pack_a, kp.pack_a_serial, kp.pack_b,
-                                                kp.pack_b_serial)}  # fmt: skip
-    assert len(names) == 4
+    names = {f.py_func.__qualname__ for f in (kp.pack_a, kp.pack_a_serial)}
+    assert len(names) == 2
     assert kp.pack_a.targetoptions.get("parallel") and not kp.pack_a_serial.targetoptions.get(
         "parallel"
     )

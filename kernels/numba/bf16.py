@@ -1,16 +1,19 @@
 """bfloat16 GEMM: C (float32) = alpha * op(A) @ op(B) + beta * C with A and B rounded to bf16,
 products summed in float32 by AVX512_BF16's `vdpbf16ps` (32 bf16 pairs a zmm, 64 flops).
 
-- packing (bf16_pack.py; once per operand, parallel for large ones): float32 -> bf16 by round
-  to nearest even, two bf16 of consecutive k in one 32-bit word (low half = even k). A becomes
-  rows of k pairs (m x kq words); op(B) becomes NR-wide strips [strip][pair][NR] words,
-  zero-padded, the layout `vdpbf16ps` multiplies lane by lane.
+- packing (bf16_pack.py): float32 -> bf16 by round to nearest even, two bf16 of consecutive k
+  in one 32-bit word (low half = even k). A is packed whole before the GEMM (parallel for large
+  ones) into rows of k pairs (m x kq words); op(B) in the GEMM, one block at a time into the
+  thread's buffer, as NR-wide strips [strip][pair][NR] words, zero-padded, the layout
+  `vdpbf16ps` multiplies lane by lane.
 - micro-kernel: an MR x NR block of C in MR * NV zmm accumulators (6 x 4 = 24, as the float32
   kernel in micro.py); per k pair it loads NV vectors of B, broadcasts MR words of A and issues
   24 `vdpbf16ps`. The stores, edges and epilogues are micro.py's.
 - blocking and threads as gemm.py: K blocks of KC pairs, B blocks of NC_STRIPS strips (512 KiB,
   in L2), threads on disjoint rectangles of C (gemm.choose_grid), so every element of C is
-  summed in one fixed order whatever the thread count.
+  summed in one fixed order whatever the thread count. While a tile's last strip sums, the next
+  tile's rows of A are prefetched into L2 (a tall A, e.g. a weight gradient's, lives in L3).
+- a large C written once (a weight gradient) may be written by non-temporal stores.
 
 `vdpbf16ps` treats bf16 subnormals as zero and flushes subnormal results (Intel SDM), so values
 below ~1e-38 differ from a reference that keeps them; nothing else differs but summation order.
@@ -19,6 +22,7 @@ Needs a CPU with AVX512_BF16 (`has_avx512_bf16`); the backend emulates it elsewh
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import literally, njit, prange
 from numba.core import cgutils
@@ -29,9 +33,9 @@ from .bf16_pack import (  # noqa: F401  (the packs are this module's API too)
     bf16_bits,
     pack_a,
     pack_a_serial,
-    pack_b,
-    pack_b_serial,
+    pack_b_block,
 )
+from .cache_hints import prefetch_read, prefetch_write, store_fence, vstream
 from .elementwise import bias_act_flat
 from .gemm import choose_grid
 from .micro import MR, _spill, _store, _store_edge, row_offsets
@@ -41,9 +45,9 @@ from .simd import (
     _host_cpu,
     intrinsic,
     lanes,
-    prefetch_write,
     vbroadcast,
     vload,
+    vmul,
     vsplat,
     vzero,
 )
@@ -60,6 +64,8 @@ NR = NV * LANES
 KC = 512
 #: NR-wide strips per B block: KC x 4 NR words (512 KiB) stays in L2.
 NC_STRIPS = 4
+#: Words of a thread's packed B block.
+_PB_WORDS = KC * NC_STRIPS * NR
 
 
 def has_avx512_bf16() -> bool:
@@ -98,17 +104,30 @@ def vdpbf16(typingctx, acc, a, b):  # type: ignore[no-untyped-def]
 
 
 @njit(**GEMM_OPTS)
-def micro(a, a0, a1, a2, a3, a4, a5, b, bo, kc, c, co, ldc, mr, nr, first, alpha, beta, tmp, nv):
+def _stream(c, o, va, x0, x1, x2, x3, nv, L):
+    """c[o : o + nv*L] = alpha * x by non-temporal stores (o vector-aligned)."""
+    vstream(c, o, vmul(va, x0))
+    vstream(c, o + L, vmul(va, x1))
+    if nv == 4:
+        vstream(c, o + 2 * L, vmul(va, x2))
+        vstream(c, o + 3 * L, vmul(va, x3))
+
+
+@njit(**GEMM_OPTS)
+def micro(a, a0, a1, a2, a3, a4, a5, b, bo, kc, c, co, ldc, mr, nr, first, alpha, beta, tmp, nv,
+          stream):  # fmt: skip
     """C[tile] (=|+=) alpha * sum_q A[r, q] . B[q, :] over kc pairs (+ beta * C on the first K
     block): micro.micro's contract with bf16 pairs. A[r, q] is the word a[a_r + q]; B[q, :] the
-    NR words b[bo + q*NR :]; nv = NV or NV_HALF (compile-time)."""
+    NR words b[bo + q*NR :]; nv = NV or NV_HALF (compile-time). stream: C = alpha * sum (first
+    and beta == 0) written by non-temporal stores to full-width rows (vector-aligned)."""
     nv = literally(nv)
     L = lanes(c)
     nr_full = nv * L
     z = vzero(c)
     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = c20 = c21 = c22 = c23 = z
     c30 = c31 = c32 = c33 = c40 = c41 = c42 = c43 = c50 = c51 = c52 = c53 = z
-    if nr == nr_full:  # C's rows arrive while the sum runs (a store that misses stalls)
+    stream = stream and nr == nr_full
+    if nr == nr_full and not stream:  # C's rows arrive while the sum runs (a missed store stalls)
         for r in range(mr):
             for v in range(nv):
                 prefetch_write(c, co + r * ldc + v * L)
@@ -155,6 +174,20 @@ def micro(a, a0, a1, a2, a3, a4, a5, b, bo, kc, c, co, ldc, mr, nr, first, alpha
         if nv == 4:
             c52 = vdpbf16(c52, x, b2)
             c53 = vdpbf16(c53, x, b3)
+    if stream:
+        va = vsplat(c, alpha)
+        _stream(c, co, va, c00, c01, c02, c03, nv, L)
+        if mr > 1:
+            _stream(c, co + ldc, va, c10, c11, c12, c13, nv, L)
+        if mr > 2:
+            _stream(c, co + 2 * ldc, va, c20, c21, c22, c23, nv, L)
+        if mr > 3:
+            _stream(c, co + 3 * ldc, va, c30, c31, c32, c33, nv, L)
+        if mr > 4:
+            _stream(c, co + 4 * ldc, va, c40, c41, c42, c43, nv, L)
+        if mr > 5:
+            _stream(c, co + 5 * ldc, va, c50, c51, c52, c53, nv, L)
+        return
     if nr == nr_full:
         va = vsplat(c, alpha)
         vb = vsplat(c, beta)
@@ -181,38 +214,53 @@ def micro(a, a0, a1, a2, a3, a4, a5, b, bo, kc, c, co, ldc, mr, nr, first, alpha
 
 
 @njit(**GEMM_OPTS)
-def gemm_block(ap, bp, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, tmp, ep, fe):
-    """C[i_lo:i_hi, j_lo:j_hi] from packed operands (pack_a, pack_b) on one thread; j_lo is a
-    multiple of NR. ep (an optimizer update) and fe (bias + activation) as gemm.gemm_block:
-    applied to each row strip once it is final, while it is in cache."""
+def gemm_block(ap, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, ep, fe, stream):
+    """C[i_lo:i_hi, j_lo:j_hi] of C = alpha * A @ op(b) + beta * C on one thread, from A packed
+    by pack_a and b (float32, C-contiguous) packed here block by block into the thread's
+    workspace ws (workspace_words); j_lo is a multiple of NR.
+    ep (an optimizer update) and fe (bias + activation) as gemm.gemm_block:
+    applied to each row strip once it is final, while it is in cache. stream: write C by
+    non-temporal stores where C is written once (one K block, beta == 0, no epilogue) and is
+    aligned; for a large C that nothing reads soon (a weight gradient)."""
     m, n = c.shape
     kq = ap.shape[1]
     af = ap.reshape(-1)
-    bf = bp.reshape(-1)
+    u = b.view(np.uint32)
     cf = c.reshape(-1)
+    pb = ws[:_PB_WORDS]
+    buf = ws[_PB_WORDS : _PB_WORDS + LANES * LANES]
+    tmp = ws[_PB_WORDS + LANES * LANES :].view(np.float32)
     half = NV_HALF * LANES
     ncols = NC_STRIPS * NR
     nkb = -(-kq // KC)
     kcs = -(-kq // nkb)
+    stream = (stream and nkb == 1 and beta == 0 and ep[0] < 0 and fe[0] < 0 and n % LANES == 0
+              and cf.ctypes.data % (4 * LANES) == 0)  # fmt: skip
     for jc in range(j_lo, j_hi, ncols):
         nc = min(ncols, j_hi - jc)
         for kb in range(nkb):
             q0 = kb * kcs
             kc = min(kcs, kq - q0)
             first = kb == 0
+            pack_b_block(u, tb, q0, kc, jc, nc, NR, pb, buf)
             for i0 in range(i_lo, i_hi, MR):
                 mr = min(MR, i_hi - i0)
                 o0, o1, o2, o3, o4, o5 = row_offsets(i0 * kq + q0, kq, mr - 1)
-                for s in range(-(-nc // NR)):
+                ns = -(-nc // NR)
+                for s in range(ns):
                     j0 = jc + s * NR
                     w = min(NR, jc + nc - j0)
-                    bo = (j0 // NR) * kq * NR + q0 * NR
+                    bo = s * kc * NR
+                    if nkb == 1 and s == ns - 1:  # the next tile's A rows into L2 meanwhile
+                        for r in range(i0 + MR, min(i_hi, i0 + 2 * MR)):
+                            for q in range(q0, q0 + kc, LANES):
+                                prefetch_read(af, r * kq + q)
                     if w > half:
-                        micro(af, o0, o1, o2, o3, o4, o5, bf, bo, kc, cf, i0 * n + j0, n, mr, w,
-                              first, alpha, beta, tmp, NV)  # fmt: skip
+                        micro(af, o0, o1, o2, o3, o4, o5, pb, bo, kc, cf, i0 * n + j0, n, mr, w,
+                              first, alpha, beta, tmp, NV, stream)  # fmt: skip
                     else:
-                        micro(af, o0, o1, o2, o3, o4, o5, bf, bo, kc, cf, i0 * n + j0, n, mr, w,
-                              first, alpha, beta, tmp, NV_HALF)  # fmt: skip
+                        micro(af, o0, o1, o2, o3, o4, o5, pb, bo, kc, cf, i0 * n + j0, n, mr, w,
+                              first, alpha, beta, tmp, NV_HALF, stream)  # fmt: skip
                 if ep[0] >= 0 and kb == nkb - 1:
                     for r in range(mr):
                         lo = (i0 + r) * n + jc
@@ -223,10 +271,12 @@ def gemm_block(ap, bp, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, tmp, ep, fe):
                     for r in range(mr):
                         lo = (i0 + r) * n + jc
                         bias_act_flat(cf, fe[3], lo, lo + nc, bias, fe[0], fe[1])
+    if stream:
+        store_fence()
 
 
 @njit(parallel=True, **GEMM_OPTS)
-def gemm_parallel(ap, bp, c, alpha, beta, ws, tm, tn, ep, fe):
+def gemm_parallel(ap, b, tb, c, alpha, beta, ws, tm, tn, ep, fe, stream):
     """gemm_block over a tm x tn grid of C's MR- and NR-aligned rectangles, one per thread."""
     m, n = c.shape
     si = -(-m // MR)
@@ -239,7 +289,7 @@ def gemm_parallel(ap, bp, c, alpha, beta, ws, tm, tn, ep, fe):
         i_hi = min(m, i_lo + rows)
         j_hi = min(n, j_lo + cols)
         if i_lo < i_hi and j_lo < j_hi:
-            gemm_block(ap, bp, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws[t], ep, fe)
+            gemm_block(ap, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws[t], ep, fe, stream)
 
 
 def grid(m: int, n: int, k: int, nthreads: int) -> tuple[int, int]:
@@ -247,12 +297,12 @@ def grid(m: int, n: int, k: int, nthreads: int) -> tuple[int, int]:
     return choose_grid(m, n, -(-k // 2), nthreads, NR)
 
 
-def packed_shapes(m: int, n: int, k: int) -> tuple[tuple[int, int], tuple[int, int, int]]:
-    """Shapes of the packed A (m x kq words) and B (strips x kq x NR words)."""
-    kq = -(-k // 2)
-    return (m, kq), (-(-n // NR), kq, NR)
+def packed_a_shape(m: int, k: int) -> tuple[int, int]:
+    """Shape of the packed A: m x kq words (kq = ceil(k/2) pairs)."""
+    return m, -(-k // 2)
 
 
-def workspace_size() -> int:
-    """float32 elements of one thread's edge tile."""
-    return MR * NR
+def workspace_words() -> int:
+    """uint32 words of one thread's workspace: a packed B block, a 16 x 16 transpose buffer and
+    an edge tile (float32)."""
+    return _PB_WORDS + LANES * LANES + MR * NR

@@ -1,11 +1,14 @@
 """Packing for the bf16 GEMM (bf16.py): float32 -> bf16 by round to nearest even, two bf16 of
 consecutive k in one 32-bit word (low half = even k), 16 words a vector.
 
-A becomes rows of k pairs (m x kq words); op(B) becomes NR-wide strips [strip][pair][NR] words,
-zero-padded, the layout `vdpbf16ps` multiplies lane by lane. The rounding runs on integer
-vectors (`vbf16_rows`, `vbf16_adjacent`: a few integer ops and one shuffle a vector) with
-the scalar `bf16_bits` for the tails; both give the same bits. A transposed operand is paired
-and transposed in one pass: 16 x 16 blocks of words through a small buffer and registers.
+A is packed whole, once per GEMM, into rows of k pairs (m x kq words); op(B) block by block
+inside the GEMM (`pack_b_block`, as gemm.py packs float32), into NR-wide strips
+[strip][pair][NR] words, zero-padded, the layout `vdpbf16ps` multiplies lane by lane: each
+block goes to an L2-sized buffer its thread reads next, not to memory and back. The rounding
+runs on integer vectors (`vbf16_rows`, `vbf16_adjacent`: a few integer ops and one shuffle a
+vector) with the scalar `bf16_bits` for the tails; both give the same bits. A transposed
+operand is paired and transposed in one pass: 16 x 16 blocks of words through a small buffer
+and registers.
 """
 
 from __future__ import annotations
@@ -126,11 +129,9 @@ def _pair_rows(u, q, j0, out, o, n):
             out[o + t] = bf16_bits(u[2 * q, j0 + t])
 
 
-#: Columns of `a` per block of the transposing pack_a, and pairs of k per chunk of pack_b:
-#: few concurrent read streams, long runs of writes (measured at 4096^2, 2 threads: 7.5 and
-#: 3.8 ms against 15 and 8.4 for the two-pass packs; BENCHMARKS.md).
+#: Columns of `a` per block of the transposing pack_a: few concurrent read streams, long runs
+#: of writes (measured at 4096^2, 2 threads: 7.5 ms against 15 for a two-pass pack).
 _A_COLS = 64
-_B_PAIRS = 4
 
 
 @njit(inline="always", **OPTS)
@@ -182,55 +183,59 @@ def _pack_a(a, ta, out):
                 of[i * kq + q] = _col_word(u, q, i)
 
 
-def _pack_b(b, tb, out):
-    """op(b) (k x n) -> out (strips x kq x NR words): out[s, q, j] = bf16(op(b)[2q, s*NR+j]) |
-    bf16(op(b)[2q+1, s*NR+j]) << 16, zero past n and for k's odd tail. For op(b) = b.T, each
-    16-row block of b is paired along its rows and transposed 16 x 16 in registers, in one
-    pass. b must be C-contiguous (the vector loads index it flat)."""
-    if not b.flags.c_contiguous:
-        raise ValueError("pack_b: b must be C-contiguous")
-    ns, kq, nr = out.shape
-    u = b.view(np.uint32)
-    of = out.reshape(-1)
+@njit(**OPTS)
+def pack_b_block(u, tb, q0, kc, j0, nc, nr, out, buf):
+    """Pairs q0 .. q0+kc of op(b)'s columns j0 .. j0+nc into out as ceil(nc/nr) strips
+    [strip][pair][nr] words: out[(s*kc + q-q0)*nr + j] = bf16(op(b)[2q, c]) |
+    bf16(op(b)[2q+1, c]) << 16 for column c = j0 + s*nr + j, zero past op(b)'s columns and
+    for k's odd tail. u: b's float32 bits (C-contiguous; op(b) = b.T when tb); buf: L*L words
+    for the 16 x 16 transposes of a transposed operand; nr a multiple of L."""
+    L = lanes(out)
     z = np.uint32(0)
-    if not tb:
-        n = b.shape[1]
-        for c in prange(-(-kq // _B_PAIRS)):  # a few row pairs of b, into every strip
-            q0 = c * _B_PAIRS
-            q1 = min(kq, q0 + _B_PAIRS)
-            for s in range(ns):
-                j0 = s * nr
-                w = min(nr, n - j0)
-                for q in range(q0, q1):
-                    o = (s * kq + q) * nr
-                    _pair_rows(u, q, j0, of, o, w)
-                    for j in range(w, nr):
-                        of[o + j] = z
+    ns = -(-nc // nr)
+    if not tb:  # rows 2q, 2q+1 of b, paired lane by lane: whole strips as vectors
+        n = u.shape[1]
+        nf = min(nc, n - j0) // nr
+        for q in range(q0, q0 + kc):
+            s0 = 0
+            if 2 * q + 1 < u.shape[0]:
+                r0 = 2 * q * n + j0
+                for s in range(nf):
+                    o = (s * kc + q - q0) * nr
+                    for v in range(0, nr, L):
+                        x = vbf16_rows(vload(u, r0 + s * nr + v), vload(u, r0 + n + s * nr + v))
+                        vstore(out, o + v, x)
+                s0 = nf
+            for s in range(s0, ns):  # a partial strip, or the odd tail's row
+                jj = j0 + s * nr
+                w = min(nr, n - jj)
+                o = (s * kc + q - q0) * nr
+                _pair_rows(u, q, jj, out, o, w)
+                for j in range(w, nr):
+                    out[o + j] = z
         return
-    n, k = b.shape
-    L = lanes(of)
-    kp = k // 2
-    ql = kp - kp % L
-    for s in prange(ns):
-        buf = np.empty(L * L, np.uint32)
-        for j0 in range(0, nr, L):
-            r0 = s * nr + j0
+    n, k = u.shape  # op(b) = b.T: rows of b paired along them, 16 x 16 words transposed
+    qe = q0 + (max(0, min(q0 + kc, k // 2) - q0) // L) * L  # end of the whole 16-pair blocks
+    for s in range(ns):
+        for jl in range(0, nr, L):
+            r0 = j0 + s * nr + jl
+            ob = s * kc * nr + jl - q0 * nr
             if r0 + L <= n:
-                for q in range(0, ql, L):
+                for q in range(q0, qe, L):
                     for i in range(L):
                         o = (r0 + i) * k + 2 * q
                         vstore(buf, i * L, vbf16_adjacent(vload(u, o), vload(u, o + L)))
-                    vtranspose(buf, 0, L, of, (s * kq + q) * nr + j0, nr)
-                for q in range(ql, kq):
+                    vtranspose(buf, 0, L, out, ob + q * nr, nr)
+                for q in range(qe, q0 + kc):
                     for i in range(L):
-                        of[(s * kq + q) * nr + j0 + i] = _row_word(u, r0 + i, q)
+                        out[ob + q * nr + i] = _row_word(u, r0 + i, q)
             else:  # the last strip's rows past n are zero
-                for q in range(kq):
+                for q in range(q0, q0 + kc):
                     for i in range(L):
                         w = z
                         if r0 + i < n:
                             w = _row_word(u, r0 + i, q)
-                        of[(s * kq + q) * nr + j0 + i] = w
+                        out[ob + q * nr + i] = w
 
 
 def _named(fn, name: str):  # type: ignore[no-untyped-def]
@@ -242,11 +247,9 @@ def _named(fn, name: str):  # type: ignore[no-untyped-def]
     return g
 
 
-#: The packs on all threads (large operands) and on the calling thread (small ones: a parallel
+#: A's pack on all threads (large operands) and on the calling thread (small ones: a parallel
 #: region costs more than the work, and far more on a loaded machine).
 pack_a = njit(parallel=True, **OPTS)(_named(_pack_a, "pack_a"))
-pack_b = njit(parallel=True, **OPTS)(_named(_pack_b, "pack_b"))
 pack_a_serial = njit(**OPTS)(_named(_pack_a, "pack_a_serial"))
-pack_b_serial = njit(**OPTS)(_named(_pack_b, "pack_b_serial"))
-#: Words from which a pack runs on all threads.
+#: Words from which A's pack runs on all threads.
 PARALLEL_PACK_WORDS = 1 << 16

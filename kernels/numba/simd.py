@@ -204,23 +204,6 @@ def _splat(builder, vty, scalar):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def prefetch_write(typingctx, arr, idx):  # type: ignore[no-untyped-def]
-    """Hint that the cache line holding arr.flat[idx] is about to be written (llvm.prefetch:
-    write, keep in all levels): a GEMM tile asks for its C rows before its long sum."""
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        p = _ptr(context, builder, sig.args[0], args[0], args[1])
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fty, "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(p, i8p), i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return types.none(arr, idx), codegen
-
-
-@intrinsic
 def vbroadcast(typingctx, arr, idx):  # type: ignore[no-untyped-def]
     """arr.flat[idx] in every lane."""
     vt = _vec_of(arr)

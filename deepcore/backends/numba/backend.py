@@ -28,6 +28,10 @@ from .updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin
 
 __all__ = ["FUSED_STEP_MAX_WORK", "NumbaBackend", "probe"]
 
+#: Bytes from which `NumbaBackend.empty` starts an array on a 64-byte cache line: the bf16
+#: GEMM writes a large output (a weight gradient) by streaming stores, which need it.
+ALIGNED_BYTES = 1 << 20
+
 
 def probe(device: int | None = None) -> tuple[bool, str]:
     """(True, version) when numba imports; else (False, why)."""
@@ -72,6 +76,16 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaBf16Mixin, NumbaGe
         self._dummies: dict[tuple[str, int], np.ndarray] = {}
 
     # ------------------------------------------------------------------ plumbing
+    def empty(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
+        """An uninitialized array; from ALIGNED_BYTES on, cache-line aligned."""
+        dt = np.dtype(dtype)
+        size = int(np.prod(shape)) * dt.itemsize
+        if size < ALIGNED_BYTES:
+            return np.empty(shape, dt)
+        raw = np.empty(size + 64, np.uint8)
+        off = -raw.ctypes.data % 64
+        return raw[off : off + size].view(dt).reshape(shape)
+
     def _dummy(self, dtype: Any, ndim: int) -> np.ndarray:
         """An empty array standing in for an unused optional operand (one type per dtype)."""
         key = (np.dtype(dtype), ndim)

@@ -22,6 +22,11 @@ from .gemm import PARALLEL_GEMM_WORK
 #: scaled by the bf16 kernel's 2-4x flops a cycle (an estimate, not measured on a quiet machine;
 #: on the loaded one a parallel region cost up to 20 ms).
 PARALLEL_BF16_WORK = 4 * PARALLEL_GEMM_WORK
+#: Output bytes from which a GEMM written once (one K block, beta 0, no epilogue) stores C by
+#: non-temporal stores: a weight gradient of 16 MiB and more is next read from memory by the
+#: optimizer anyway, and streaming it spares the reads for ownership and the cache the GEMM's
+#: operands live in (wide's weight-gradient GEMMs: 5-20% faster, BENCHMARKS.md).
+STREAM_BYTES = 16 << 20
 _warned = False
 
 
@@ -50,7 +55,7 @@ class NumbaBf16Mixin(Backend):
 
     def _bf16_buffer(self, tag: str, shape: tuple[int, ...]) -> np.ndarray:
         """A packed-operand buffer of `shape` (uint32 words): one per tag, grown to the largest
-        GEMM seen, so a model's many GEMM shapes share two buffers (wide: ~64 MiB each)."""
+        GEMM seen, so a model's many GEMM shapes share one buffer (wide: 8 MiB)."""
         bufs = self.__dict__.setdefault("_bf16_bufs", {})
         size = int(np.prod(shape))
         buf = bufs.get(tag)
@@ -109,26 +114,24 @@ class NumbaBf16Mixin(Backend):
             return self._matmul(ra, bool(ta), rb, bool(tb), out, alpha, beta), False
         a = np.ascontiguousarray(a)
         b = np.ascontiguousarray(b)
-        sa, sb = kern.packed_shapes(m, n, k)
-        ap = self._bf16_buffer("a", sa)
-        bp = self._bf16_buffer("b", sb)
+        ap = self._bf16_buffer("a", kern.packed_a_shape(m, k))
         nt = threads.get_num_threads() if nt is None else nt
-        big = nt > 1 and max(ap.size, bp.size) >= kern.PARALLEL_PACK_WORDS
-        pack_a, pack_b = (
-            (kern.pack_a, kern.pack_b) if big else (kern.pack_a_serial, kern.pack_b_serial)
-        )
-        pack_a(a, bool(ta), ap)  # both read before out is written: out may alias a or b
-        pack_b(b, bool(tb), bp)
+        big = nt > 1 and ap.size >= kern.PARALLEL_PACK_WORDS
+        (kern.pack_a if big else kern.pack_a_serial)(a, bool(ta), ap)
+        if np.may_share_memory(out, b):  # B is packed block by block while out is written
+            b = b.copy()
         ep, no_fe = self._no_epilogues(np.dtype(np.float32))
         fe = no_fe if fe is None else fe
+        stream = out.nbytes >= STREAM_BYTES  # the kernel checks when it may (aligned, ...)
         t = np.float32
         if nt > 1 and m * n * k >= PARALLEL_BF16_WORK:
             tm, tn = kern.grid(m, n, k, nt)
-            ws = self.scratch("bf16_ws", (tm * tn, kern.workspace_size()), np.float32)
-            kern.gemm_parallel(ap, bp, out, t(alpha), t(beta), ws, tm, tn, ep, fe)
+            ws = self.scratch("bf16_ws", (tm * tn, kern.workspace_words()), np.uint32)
+            kern.gemm_parallel(ap, b, bool(tb), out, t(alpha), t(beta), ws, tm, tn, ep, fe, stream)
         else:
-            ws = self.scratch("bf16_ws", (1, kern.workspace_size()), np.float32)
-            kern.gemm_block(ap, bp, out, t(alpha), t(beta), 0, m, 0, n, ws[0], ep, fe)
+            ws = self.scratch("bf16_ws", (1, kern.workspace_words()), np.uint32)
+            kern.gemm_block(ap, b, bool(tb), out, t(alpha), t(beta), 0, m, 0, n, ws[0], ep, fe,
+                            stream)  # fmt: skip
         return out, True
 
     def linear_bf16(
