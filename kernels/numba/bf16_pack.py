@@ -21,6 +21,7 @@ from numba import njit, prange
 from numba.extending import intrinsic
 
 from ._config import OPTS
+from .cache_hints import prefetch_read
 from .simd import Vec, lanes, vload, vstore, vtranspose, vzero
 
 _I32 = ir.IntType(32)
@@ -132,6 +133,10 @@ def _pair_rows(u, q, j0, out, o, n):
 #: Columns of `a` per block of the transposing pack_a: few concurrent read streams, long runs
 #: of writes (measured at 4096^2, 2 threads: 7.5 ms against 15 for a two-pass pack).
 _A_COLS = 64
+#: Row pairs ahead that the non-transposed B block pack prefetches: it reads each row of b as
+#: a short run (the block's columns), rows 4 KiB+ apart, where the hardware prefetcher starts
+#: late (1-5% on the wide step's input-gradient GEMMs; BENCHMARKS.md).
+_PREFETCH_PAIRS = 8
 
 
 @njit(inline="always", **OPTS)
@@ -197,6 +202,11 @@ def pack_b_block(u, tb, q0, kc, j0, nc, nr, out, buf):
         n = u.shape[1]
         nf = min(nc, n - j0) // nr
         for q in range(q0, q0 + kc):
+            rp = 2 * (q + _PREFETCH_PAIRS)
+            if q + _PREFETCH_PAIRS < q0 + kc and rp + 1 < u.shape[0]:
+                for c in range(j0, min(n, j0 + nc), L):
+                    prefetch_read(u, rp * n + c)
+                    prefetch_read(u, rp * n + n + c)
             s0 = 0
             if 2 * q + 1 < u.shape[0]:
                 r0 = 2 * q * n + j0
