@@ -28,6 +28,15 @@ def _numba():
     return dc.get_backend("numba")
 
 
+def _bf16_kernel():
+    """(the numba backend, its bf16 kernel module); skips where the CPU has no AVX512_BF16."""
+    be = _numba()
+    kern = be._bf16_kernels()
+    if kern is None:
+        pytest.skip("this CPU has no AVX512_BF16")
+    return be, kern
+
+
 def _operands(rng, m, n, k, ta, tb):
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
@@ -231,10 +240,7 @@ def test_numba_bf16_gemm_propagates_nan_and_inf():
 
 
 def test_vdpbf16_intrinsic_emits_the_instruction_and_its_maths():
-    be = _numba()
-    kern = be._bf16_kernels()
-    if kern is None:
-        pytest.skip("this CPU has no AVX512_BF16")
+    be, kern = _bf16_kernel()
     from deepcore.kernels.numba.simd import vload, vstore
     from numba import njit
 
@@ -300,10 +306,7 @@ def test_numba_linear_bf16_epilogue_matches_reference(kind):
 def test_numba_bf16_gemm_with_in_kernel_sgd_update():
     """The kernel's optimizer epilogue (as the float32 kernel's): W -= lr * (dz.T @ x) applied
     to each row strip once final equals the GEMM followed by the update."""
-    be = _numba()
-    kern = be._bf16_kernels()
-    if kern is None:
-        pytest.skip("this CPU has no AVX512_BF16")
+    be, kern = _bf16_kernel()
     from deepcore.kernels.numba import optimizers
 
     rng = np.random.default_rng(6)
@@ -321,7 +324,8 @@ def test_numba_bf16_gemm_with_in_kernel_sgd_update():
     ep = (np.int64(optimizers.SGD), w.reshape(-1), e, e, e, hp, np.array([0, 0, 1]))
     _, fe = be._no_epilogues(np.dtype(np.float32))
     c = np.empty((m, n), np.float32)
-    kern.gemm_block(ap, x, False, c, np.float32(1), np.float32(0), 0, m, 0, n,
+    none = np.empty(0, np.uint32)
+    kern.gemm_block(ap, x, False, none, none, c, np.float32(1), np.float32(0), 0, m, 0, n,
                     np.empty(kern.workspace_words(), np.uint32), ep, fe, True)  # fmt: skip
     np.testing.assert_array_equal(c, g)  # (streaming asked for, refused: the update reads C)
     np.testing.assert_array_equal(w, expect)
@@ -342,10 +346,7 @@ def test_numba_bf16_gemm_streaming_stores_give_the_same_bits(m, n, k, misalign, 
     """C written by non-temporal stores (one K block, beta 0, aligned) equals C written by the
     ordinary stores, on one thread and on a 1 x 2 and a 2 x 1 grid; where streaming is refused
     (misaligned C, n not a whole vector, several K blocks) the result is the same too."""
-    be = _numba()
-    kern = be._bf16_kernels()
-    if kern is None:
-        pytest.skip("this CPU has no AVX512_BF16")
+    be, kern = _bf16_kernel()
     rng = np.random.default_rng(11)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
@@ -355,18 +356,63 @@ def test_numba_bf16_gemm_streaming_stores_give_the_same_bits(m, n, k, misalign, 
     ep, fe = be._no_epilogues(np.dtype(np.float32))
     ws = np.empty((2, kern.workspace_words()), np.uint32)
     t = np.float32
+    no = np.empty(0, np.uint32)
     ref = _aligned((m, n))
-    kern.gemm_block(ap, src, tb, ref, t(0.5), t(0), 0, m, 0, n, ws[0], ep, fe, False)
+    kern.gemm_block(ap, src, tb, no, no, ref, t(0.5), t(0), 0, m, 0, n, ws[0], ep, fe, False)
     exact = 0.5 * (round_bf16(a).astype(np.float64) @ round_bf16(b).astype(np.float64))
     np.testing.assert_allclose(ref, exact, rtol=1e-5, atol=1e-5 * np.sqrt(k))
     for grid in [None, (1, 2), (2, 1)]:
         c = _aligned((m, n), misalign)
         c.fill(np.nan)
         if grid is None:
-            kern.gemm_block(ap, src, tb, c, t(0.5), t(0), 0, m, 0, n, ws[0], ep, fe, True)
+            kern.gemm_block(ap, src, tb, no, no, c, t(0.5), t(0), 0, m, 0, n, ws[0], ep, fe, True)
         else:
-            kern.gemm_parallel(ap, src, tb, c, t(0.5), t(0), ws, *grid, ep, fe, True)
+            kern.gemm_parallel(ap, src, tb, no, no, c, t(0.5), t(0), ws, *grid, ep, fe, True)
         np.testing.assert_array_equal(c, ref)
+
+
+@pytest.mark.parametrize("m,n,k", [(24, 64, 128), (70, 192, 320), (5, 16, 64)])
+def test_forward_gemm_packs_the_weight_for_the_input_gradient(m, n, k):
+    """x @ w.T with wt writes w's own packed layout (pack_b_block of w), bit for bit, on one
+    thread and on a 1 x 2 grid (streaming stores); d @ w from that packed w equals d @ w
+    packing w itself; the backend refuses a misaligned or misshapen wt or bp."""
+    be, kern = _bf16_kernel()
+    from deepcore.kernels.numba import bf16_pack as kp
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    d = rng.standard_normal((m, n)).astype(np.float32)
+    shape = kern.packed_b_shape(n, k)  # op(B) = w: k = its n rows
+    want = np.empty(int(np.prod(shape)), np.uint32)
+    kp.pack_b_block(w.view(np.uint32), False, 0, shape[1], 0, k, kern.NR, want,
+                    np.empty(256, np.uint32), want[:0])  # fmt: skip
+    ep, fe = be._no_epilogues(np.dtype(np.float32))
+    ws = np.empty((2, kern.workspace_words()), np.uint32)
+    ap = np.empty(kern.packed_a_shape(m, k), np.uint32)
+    kern.pack_a(x, False, ap)
+    no = np.empty(0, np.uint32)
+    t = np.float32
+    z = be.gemm_bf16(x, w, trans_b=True)
+    for grid in [None, (1, 2)]:
+        wt = _aligned((want.size,)).view(np.uint32)
+        wt.fill(7)
+        c = np.empty((m, n), np.float32)
+        if grid is None:
+            kern.gemm_block(ap, w, True, no, wt, c, t(1), t(0), 0, m, 0, n, ws[0], ep, fe, False)
+        else:
+            kern.gemm_parallel(ap, w, True, no, wt, c, t(1), t(0), ws, *grid, ep, fe, False)
+        np.testing.assert_array_equal(wt, want)
+        np.testing.assert_array_equal(c, z)
+    dx = be.gemm_bf16(d, w)
+    got = np.empty((m, k), np.float32)
+    be._bf16_matmul(d, False, w, False, got, bp=want.reshape(shape))
+    np.testing.assert_array_equal(got, dx)
+    with pytest.raises(ValueError, match="packed B has shape"):
+        be._bf16_matmul(d, False, w, False, got, bp=want[:-64].reshape(-1, 64))
+    bad = _aligned((want.size,), 1).view(np.uint32).reshape(shape)
+    with pytest.raises(ValueError, match="64-byte aligned"):
+        be._bf16_matmul_fused(x, False, w, True, np.empty((m, n), np.float32), 1, wt=bad)
 
 
 def test_numba_backend_empty_is_cache_line_aligned_when_large():
@@ -473,7 +519,7 @@ def test_bf16_packs_round_to_nearest_even_bit_for_bit(shape):
             ns = -(-nc // 64)
             want_b = words[q0:, j0 : j0 + 64 * ns].reshape(kc, ns, 64).transpose(1, 0, 2)
             got = np.full(want_b.size, 7, np.uint32)
-            kp.pack_b_block(src.view(np.uint32), t, q0, kc, j0, nc, 64, got, buf)
+            kp.pack_b_block(src.view(np.uint32), t, q0, kc, j0, nc, 64, got, buf, buf[:0])
             np.testing.assert_array_equal(got.reshape(want_b.shape), want_b)
 
 

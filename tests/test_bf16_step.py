@@ -122,6 +122,50 @@ def test_wider_layers_equal_module_by_module(nb):
     _assert_same_bits(_train("sgd", fuse=True, sizes=sizes), _train("sgd", fuse=False, sizes=sizes))
 
 
+@pytest.mark.parametrize("sizes", [(40, 128, 64, 16), (64, 512, 512, 16)], ids=str)
+def test_forward_packed_weights_serve_the_input_gradient(nb, monkeypatch, sizes):
+    """The whole bf16 step's forward GEMMs also pack each later layer's weight for its input
+    gradient (serial and 2-thread GEMMs), which reads it packed: the module-by-module bits."""
+    if nb._bf16_kernels() is None:
+        pytest.skip("this CPU has no AVX512_BF16")
+    from deepcore.backends.numba import bf16 as nb16
+
+    monkeypatch.setattr(nb16, "STREAM_BYTES", 0)  # (wide's weights and up, else)
+    used = []
+    orig = nb._bf16_matmul
+
+    def spy(*a, **k):
+        used.append(k.get("bp") is not None)
+        return orig(*a, **k)
+
+    monkeypatch.setitem(nb.__dict__, "_bf16_matmul", spy)
+    fused = _train("sgd", fuse=True, sizes=sizes)
+    assert fused[0].step_route == "fused-step" and sum(used) == 2 * 6  # 2 layers, 6 steps
+    monkeypatch.undo()
+    _assert_same_bits(fused, _train("sgd", fuse=False, sizes=sizes))
+
+
+def test_bf16_wt_only_where_the_forward_packs_every_block_once(nb, monkeypatch):
+    """No buffer for rows not a multiple of 16, columns not of 64, or a grid that splits the
+    batch (two threads would pack one block)."""
+    kern = nb._bf16_kernels()
+    if kern is None:
+        pytest.skip("this CPU has no AVX512_BF16")
+    ok = np.zeros((64, 128), np.float32)
+    assert nb._bf16_wt("t", 32, ok, 2) is None  # small: still in cache for the backward
+    from deepcore.backends.numba import bf16 as nb16
+
+    monkeypatch.setattr(nb16, "STREAM_BYTES", 0)
+    assert nb._bf16_wt("t", 32, ok, 2).shape == kern.packed_b_shape(64, 128)
+    assert nb._bf16_wt("t", 32, np.zeros((10, 128), np.float32), 2) is None
+    assert nb._bf16_wt("t", 32, np.zeros((64, 100), np.float32), 2) is None
+    big = np.zeros((512, 512), np.float32)
+    assert nb._bf16_wt("t", 64, big, 2) is not None
+    monkeypatch.setattr(kern, "grid", lambda m, n, k, nt: (2, 1))
+    assert nb._bf16_wt("t", 64, big, 2) is None
+    assert nb._bf16_wt("t", 64, big, 1) is not None  # one thread: the serial kernel
+
+
 def test_fused_mlp_step_refuses_fp16(nb):
     w, b = [np.zeros((2, 3), np.float32)], [np.zeros(2, np.float32)]
     with pytest.raises(ValueError, match="precision must be one of float32, bf16"):

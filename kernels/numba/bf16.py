@@ -214,10 +214,12 @@ def micro(a, a0, a1, a2, a3, a4, a5, b, bo, kc, c, co, ldc, mr, nr, first, alpha
 
 
 @njit(**GEMM_OPTS)
-def gemm_block(ap, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, ep, fe, stream):
+def gemm_block(ap, b, tb, bp, wt, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, ep, fe, stream):
     """C[i_lo:i_hi, j_lo:j_hi] of C = alpha * A @ op(b) + beta * C on one thread, from A packed
     by pack_a and b (float32, C-contiguous) packed here block by block into the thread's
-    workspace ws (workspace_words); j_lo is a multiple of NR.
+    workspace ws (workspace_words); j_lo is a multiple of NR. bp (empty: none): op(b) packed
+    already, whole, as strips [n/NR][kq][NR] (n a multiple of NR): read in place of packing.
+    wt (empty: none): see pack_b_block; written here as the blocks are packed.
     ep (an optimizer update) and fe (bias + activation) as gemm.gemm_block:
     applied to each row strip once it is final, while it is in cache. stream: write C by
     non-temporal stores where C is written once (one K block, beta == 0, no epilogue) and is
@@ -228,6 +230,7 @@ def gemm_block(ap, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, ep, fe, st
     u = b.view(np.uint32)
     cf = c.reshape(-1)
     pb = ws[:_PB_WORDS]
+    pre = bp.size > 0
     buf = ws[_PB_WORDS : _PB_WORDS + LANES * LANES]
     tmp = ws[_PB_WORDS + LANES * LANES :].view(np.float32)
     half = NV_HALF * LANES
@@ -242,7 +245,11 @@ def gemm_block(ap, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, ep, fe, st
             q0 = kb * kcs
             kc = min(kcs, kq - q0)
             first = kb == 0
-            pack_b_block(u, tb, q0, kc, jc, nc, NR, pb, buf)
+            if pre:
+                bsrc = bp
+            else:
+                pack_b_block(u, tb, q0, kc, jc, nc, NR, pb, buf, wt)
+                bsrc = pb
             for i0 in range(i_lo, i_hi, MR):
                 mr = min(MR, i_hi - i0)
                 o0, o1, o2, o3, o4, o5 = row_offsets(i0 * kq + q0, kq, mr - 1)
@@ -250,16 +257,16 @@ def gemm_block(ap, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, ep, fe, st
                 for s in range(ns):
                     j0 = jc + s * NR
                     w = min(NR, jc + nc - j0)
-                    bo = s * kc * NR
+                    bo = (j0 // NR) * kq * NR + q0 * NR if pre else s * kc * NR
                     if nkb == 1 and s == ns - 1:  # the next tile's A rows into L2 meanwhile
                         for r in range(i0 + MR, min(i_hi, i0 + 2 * MR)):
                             for q in range(q0, q0 + kc, LANES):
                                 prefetch_read(af, r * kq + q)
                     if w > half:
-                        micro(af, o0, o1, o2, o3, o4, o5, pb, bo, kc, cf, i0 * n + j0, n, mr, w,
+                        micro(af, o0, o1, o2, o3, o4, o5, bsrc, bo, kc, cf, i0 * n + j0, n, mr, w,
                               first, alpha, beta, tmp, NV, stream)  # fmt: skip
                     else:
-                        micro(af, o0, o1, o2, o3, o4, o5, pb, bo, kc, cf, i0 * n + j0, n, mr, w,
+                        micro(af, o0, o1, o2, o3, o4, o5, bsrc, bo, kc, cf, i0 * n + j0, n, mr, w,
                               first, alpha, beta, tmp, NV_HALF, stream)  # fmt: skip
                 if ep[0] >= 0 and kb == nkb - 1:
                     for r in range(mr):
@@ -271,12 +278,12 @@ def gemm_block(ap, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws, ep, fe, st
                     for r in range(mr):
                         lo = (i0 + r) * n + jc
                         bias_act_flat(cf, fe[3], lo, lo + nc, bias, fe[0], fe[1])
-    if stream:
+    if stream or wt.size > 0:
         store_fence()
 
 
 @njit(parallel=True, **GEMM_OPTS)
-def gemm_parallel(ap, b, tb, c, alpha, beta, ws, tm, tn, ep, fe, stream):
+def gemm_parallel(ap, b, tb, bp, wt, c, alpha, beta, ws, tm, tn, ep, fe, stream):
     """gemm_block over a tm x tn grid of C's MR- and NR-aligned rectangles, one per thread."""
     m, n = c.shape
     si = -(-m // MR)
@@ -289,7 +296,8 @@ def gemm_parallel(ap, b, tb, c, alpha, beta, ws, tm, tn, ep, fe, stream):
         i_hi = min(m, i_lo + rows)
         j_hi = min(n, j_lo + cols)
         if i_lo < i_hi and j_lo < j_hi:
-            gemm_block(ap, b, tb, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws[t], ep, fe, stream)
+            gemm_block(ap, b, tb, bp, wt, c, alpha, beta, i_lo, i_hi, j_lo, j_hi, ws[t], ep, fe,
+                       stream)  # fmt: skip
 
 
 def grid(m: int, n: int, k: int, nthreads: int) -> tuple[int, int]:
@@ -300,6 +308,11 @@ def grid(m: int, n: int, k: int, nthreads: int) -> tuple[int, int]:
 def packed_a_shape(m: int, k: int) -> tuple[int, int]:
     """Shape of the packed A: m x kq words (kq = ceil(k/2) pairs)."""
     return m, -(-k // 2)
+
+
+def packed_b_shape(k: int, n: int) -> tuple[int, int, int]:
+    """Shape of a whole packed op(B) (k x n): strips x kq x NR words, as gemm_block's bp."""
+    return -(-n // NR), -(-k // 2), NR
 
 
 def workspace_words() -> int:

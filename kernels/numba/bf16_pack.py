@@ -21,7 +21,7 @@ from numba import njit, prange
 from numba.extending import intrinsic
 
 from ._config import OPTS
-from .cache_hints import prefetch_read
+from .cache_hints import prefetch_read, vstream
 from .simd import Vec, lanes, vload, vstore, vtranspose, vzero
 
 _I32 = ir.IntType(32)
@@ -189,12 +189,18 @@ def _pack_a(a, ta, out):
 
 
 @njit(**OPTS)
-def pack_b_block(u, tb, q0, kc, j0, nc, nr, out, buf):
+def pack_b_block(u, tb, q0, kc, j0, nc, nr, out, buf, wt):
     """Pairs q0 .. q0+kc of op(b)'s columns j0 .. j0+nc into out as ceil(nc/nr) strips
     [strip][pair][nr] words: out[(s*kc + q-q0)*nr + j] = bf16(op(b)[2q, c]) |
     bf16(op(b)[2q+1, c]) << 16 for column c = j0 + s*nr + j, zero past op(b)'s columns and
     for k's odd tail. u: b's float32 bits (C-contiguous; op(b) = b.T when tb); buf: L*L words
-    for the 16 x 16 transposes of a transposed operand; nr a multiple of L."""
+    for the 16 x 16 transposes of a transposed operand; nr a multiple of 2L.
+
+    wt (tb only; empty: none): the same block of b also into b's own B layout, as whole
+    strips over b's columns [strip][pair of b's rows][nr] (`pack_b_block` of b, not b.T):
+    the input-gradient GEMM's B from the forward's read of a weight. Needs b's rows a multiple
+    of L and its columns of nr, and wt vector-aligned (the caller checks): it is written by
+    non-temporal stores (it is read a whole forward later); `store_fence` before it is read."""
     L = lanes(out)
     z = np.uint32(0)
     ns = -(-nc // nr)
@@ -226,15 +232,25 @@ def pack_b_block(u, tb, q0, kc, j0, nc, nr, out, buf):
         return
     n, k = u.shape  # op(b) = b.T: rows of b paired along them, 16 x 16 words transposed
     qe = q0 + (max(0, min(q0 + kc, k // 2) - q0) // L) * L  # end of the whole 16-pair blocks
+    two = wt.size > 0
+    kqt = n // 2
     for s in range(ns):
         for jl in range(0, nr, L):
             r0 = j0 + s * nr + jl
             ob = s * kc * nr + jl - q0 * nr
             if r0 + L <= n:
                 for q in range(q0, qe, L):
-                    for i in range(L):
-                        o = (r0 + i) * k + 2 * q
-                        vstore(buf, i * L, vbf16_adjacent(vload(u, o), vload(u, o + L)))
+                    c = 2 * q  # b's columns c .. c+2L, in one of wt's strips
+                    ot = ((c // nr) * kqt + r0 // 2) * nr + c % nr
+                    for i in range(0, L, 2):
+                        o = (r0 + i) * k + c
+                        x0, x1 = vload(u, o), vload(u, o + L)
+                        y0, y1 = vload(u, o + k), vload(u, o + k + L)
+                        vstore(buf, i * L, vbf16_adjacent(x0, x1))
+                        vstore(buf, (i + 1) * L, vbf16_adjacent(y0, y1))
+                        if two:
+                            vstream(wt, ot + (i // 2) * nr, vbf16_rows(x0, y0))
+                            vstream(wt, ot + (i // 2) * nr + L, vbf16_rows(x1, y1))
                     vtranspose(buf, 0, L, out, ob + q * nr, nr)
                 for q in range(qe, q0 + kc):
                     for i in range(L):

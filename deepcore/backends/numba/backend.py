@@ -22,6 +22,7 @@ from ..base import ACTIVATIONS, check_activation
 from . import mkl as _mkl
 from .bf16 import NumbaBf16Mixin
 from .gemm import NumbaGemmMixin, check_blas, check_gemm_impl
+from .memory import aligned_empty
 from .stages import FUSED_STEP_MAX_WORK
 from .step import NumbaStepMixin
 from .updates import _FLOAT_TYPES, PARALLEL_ELEMENTS, NumbaLossUpdateMixin
@@ -79,12 +80,9 @@ class NumbaBackend(NumbaLossUpdateMixin, NumbaStepMixin, NumbaBf16Mixin, NumbaGe
     def empty(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
         """An uninitialized array; from ALIGNED_BYTES on, cache-line aligned."""
         dt = np.dtype(dtype)
-        size = int(np.prod(shape)) * dt.itemsize
-        if size < ALIGNED_BYTES:
+        if int(np.prod(shape)) * dt.itemsize < ALIGNED_BYTES:
             return np.empty(shape, dt)
-        raw = np.empty(size + 64, np.uint8)
-        off = -raw.ctypes.data % 64
-        return raw[off : off + size].view(dt).reshape(shape)
+        return aligned_empty(shape, dt)
 
     def _dummy(self, dtype: Any, ndim: int) -> np.ndarray:
         """An empty array standing in for an unused optional operand (one type per dtype)."""

@@ -17,6 +17,7 @@ import numpy as np
 from ... import threads
 from ..base import ACTIVATIONS, Backend, check_activation
 from .gemm import PARALLEL_GEMM_WORK
+from .memory import aligned_empty
 
 #: m*n*k from which the bf16 kernel runs on all threads (128^3): the float32 kernel's threshold
 #: scaled by the bf16 kernel's 2-4x flops a cycle (an estimate, not measured on a quiet machine;
@@ -60,7 +61,7 @@ class NumbaBf16Mixin(Backend):
         size = int(np.prod(shape))
         buf = bufs.get(tag)
         if buf is None or buf.size < size:
-            buf = bufs[tag] = np.empty(size, np.uint32)
+            buf = bufs[tag] = aligned_empty((size,), np.uint32)  # (streamed into: `_bf16_wt`)
         return buf[:size].reshape(shape)
 
     def bf16_info(self) -> str:
@@ -84,22 +85,45 @@ class NumbaBf16Mixin(Backend):
         return self._gemm_bf16(a, b, trans_a, trans_b, alpha, beta, out)[0]
 
     def _bf16_matmul(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, alpha: float = 1.0,
-                     beta: float = 0.0, nthreads: int | None = None) -> Any:  # fmt: skip
-        """`_matmul`'s contract (checked operands) on bf16 operands: the layered stages' GEMM."""
-        return self._gemm_bf16(a, b, ta, tb, alpha, beta, out, nt=nthreads)[0]
+                     beta: float = 0.0, nthreads: int | None = None,
+                     bp: Any = None) -> Any:  # fmt: skip
+        """`_matmul`'s contract (checked operands) on bf16 operands: the layered stages' GEMM.
+        bp: op(b) already packed (`_bf16_wt`), read in place of b."""
+        return self._gemm_bf16(a, b, ta, tb, alpha, beta, out, nt=nthreads, bp=bp)[0]
 
     def _bf16_matmul_fused(self, a: Any, ta: bool, b: Any, tb: bool, out: Any, nthreads: int,
-                           fe: Any = None) -> bool:  # fmt: skip
+                           fe: Any = None, wt: Any = None) -> bool:  # fmt: skip
         """`_matmul_fused`'s contract on bf16 operands, bias + activation `fe` only: True when
-        `fe` ran inside the kernel (False: emulated, the caller applies it)."""
-        return self._gemm_bf16(a, b, ta, tb, 1.0, 0.0, out, fe, nthreads)[1]
+        `fe` ran inside the kernel (False: emulated, the caller applies it). wt: a buffer from
+        `_bf16_wt` for this GEMM, filled with b's own packed layout as b.T is packed."""
+        return self._gemm_bf16(a, b, ta, tb, 1.0, 0.0, out, fe, nthreads, wt=wt)[1]
+
+    def _bf16_wt(self, tag: str, m: int, w: Any, nthreads: int) -> np.ndarray | None:
+        """A buffer for the forward GEMM x @ w.T (m rows) to write w's packed layout into, for
+        the input gradient d @ w to read instead of packing w again; None where that does not
+        pay (w under STREAM_BYTES: it is still in cache for the backward's own pack; mnist's
+        step was 10% slower) or the kernel cannot write it (no AVX512_BF16, w's rows not a
+        multiple of 16 or its columns of 64, or the grid splits the batch, so that two
+        threads would pack the same block)."""
+        kern = self._bf16_kernels()
+        if kern is None or not isinstance(w, np.ndarray) or w.dtype != np.float32:
+            return None
+        if w.nbytes < STREAM_BYTES:
+            return None
+        n, k = w.shape
+        if n % kern.LANES or k % kern.NR or not w.flags.c_contiguous or m == 0:
+            return None
+        if nthreads > 1 and m * n * k >= PARALLEL_BF16_WORK and kern.grid(m, n, k, nthreads)[0] > 1:
+            return None
+        return self._bf16_buffer(tag, kern.packed_b_shape(n, k))  # op(B) = w: k = its rows
 
     def _gemm_bf16(self, a: Any, b: Any, ta: bool, tb: bool, alpha: float, beta: float,
-                   out: Any, fe: Any = None,
-                   nt: int | None = None) -> tuple[Any, bool]:  # fmt: skip
+                   out: Any, fe: Any = None, nt: int | None = None, bp: Any = None,
+                   wt: Any = None) -> tuple[Any, bool]:  # fmt: skip
         """(out, whether the kernel ran): gemm_bf16 with an optional bias + activation epilogue
         `fe` (kernels' format); the caller applies `fe` itself when the kernel did not run
-        (k == 0, emulation)."""
+        (k == 0, emulation). bp, wt: see `_bf16_matmul`, `_bf16_matmul_fused` (callers that
+        pass them have checked the kernel runs)."""
         if a.dtype != np.float32 or b.dtype != np.float32:
             return super().gemm_bf16(a, b, ta, tb, alpha, beta, out), False  # the one-line error
         m, n, out = self._gemm_args(a, b, ta, tb, beta, out)
@@ -120,17 +144,26 @@ class NumbaBf16Mixin(Backend):
         (kern.pack_a if big else kern.pack_a_serial)(a, bool(ta), ap)
         if np.may_share_memory(out, b):  # B is packed block by block while out is written
             b = b.copy()
+        none = self._dummy(np.uint32, 1)
+        if bp is not None and bp.shape != kern.packed_b_shape(k, n):
+            raise ValueError(f"packed B has shape {bp.shape}, expected {kern.packed_b_shape(k, n)}")
+        if wt is not None and (wt.ctypes.data % 64 or wt.shape != kern.packed_b_shape(n, k)):
+            raise ValueError("wt must be a 64-byte aligned buffer from _bf16_wt for this weight")
+        bp = none if bp is None else bp.reshape(-1)
+        wt = none if wt is None else wt.reshape(-1)
         ep, no_fe = self._no_epilogues(np.dtype(np.float32))
         fe = no_fe if fe is None else fe
         stream = out.nbytes >= STREAM_BYTES  # the kernel checks when it may (aligned, ...)
         t = np.float32
+        tb = bool(tb)
         if nt > 1 and m * n * k >= PARALLEL_BF16_WORK:
             tm, tn = kern.grid(m, n, k, nt)
             ws = self.scratch("bf16_ws", (tm * tn, kern.workspace_words()), np.uint32)
-            kern.gemm_parallel(ap, b, bool(tb), out, t(alpha), t(beta), ws, tm, tn, ep, fe, stream)
+            kern.gemm_parallel(ap, b, tb, bp, wt, out, t(alpha), t(beta), ws, tm, tn, ep, fe,
+                               stream)  # fmt: skip
         else:
             ws = self.scratch("bf16_ws", (1, kern.workspace_words()), np.uint32)
-            kern.gemm_block(ap, b, bool(tb), out, t(alpha), t(beta), 0, m, 0, n, ws[0], ep, fe,
+            kern.gemm_block(ap, b, tb, bp, wt, out, t(alpha), t(beta), 0, m, 0, n, ws[0], ep, fe,
                             stream)  # fmt: skip
         return out, True
 

@@ -44,6 +44,8 @@ class NumbaLayeredMixin(Backend):
     _mkl: Any
     _bf16_matmul: Any
     _bf16_matmul_fused: Any
+    _bf16_kernels: Any
+    _bf16_wt: Any
     #: Parameters (elements, all layers) from which the layered step's update runs in parallel
     #: when the GEMMs run on MKL (whose threads are the kernels' threads).
     parallel_step_update: int = 1 << 16
@@ -68,8 +70,10 @@ class NumbaLayeredMixin(Backend):
 
     def _forward_layers(self, net: Any, weights: Any, biases: Any, x: Any, alpha: float,
                         pattern: tuple, marr: tuple, ws: tuple, upto: int,
-                        precision: str = "float32") -> None:  # fmt: skip
-        """Layers 0..upto-1 into the workspace `ws` (zs, outs, ins, ...)."""
+                        precision: str = "float32", wts: Any = None) -> None:  # fmt: skip
+        """Layers 0..upto-1 into the workspace `ws` (zs, outs, ins, ...). wts (bf16, a list
+        of nl Nones): each layer but the first whose forward GEMM can also pack its weight for
+        the input gradient (`_bf16_wt`) gets that packed weight, for the backward of this step."""
         zs, outs, ins = ws[0], ws[1], ws[2]
         matmul_fused = self._gemms(precision)[1]
         nt = threads.get_num_threads()
@@ -77,7 +81,10 @@ class NumbaLayeredMixin(Backend):
         src = x
         for l in range(upto):
             fe = (net.codes[l], t(alpha), biases[l], outs[l].reshape(-1))
-            if not matmul_fused(src, False, weights[l], True, zs[l], nt, fe=fe):
+            kw = {}
+            if wts is not None and l > 0:
+                wts[l] = kw["wt"] = self._bf16_wt(f"wt{l}", x.shape[0], weights[l], nt)
+            if not matmul_fused(src, False, weights[l], True, zs[l], nt, fe=fe, **kw):
                 self._bias_act(zs[l], biases[l], net.acts[l], alpha, outs[l], zs[l])
             if pattern[l]:
                 np.multiply(outs[l], marr[l], out=ins[l])
@@ -100,13 +107,14 @@ class NumbaLayeredMixin(Backend):
 
     def _layered_backward(self, net: Any, tape: MLPTape, ds: Any, wgrads: Any, bgrads: Any,
                           dx: Any, need_dx: bool, plan: Any = None, on_layer: Any = None,
-                          top: int | None = None) -> Any:  # fmt: skip
+                          top: int | None = None, wts: Any = None) -> Any:  # fmt: skip
         """Backward layer by layer from layer `top` (default the last; ds[top] holds
         dL/d(its output)), the GEMMs on the tape's precision. With a whole-step plan, each
         float32 weight of at least gemm_update_min elements whose gradient GEMM runs on the JIT
         kernel is updated inside it (returns the list of layers updated so); else returns dx (or
         None). bf16 weights all join the multi-tensor update: inside the bf16 kernel the update
-        made the wide step 13% slower (BENCHMARKS.md)."""
+        made the wide step 13% slower (BENCHMARKS.md). wts: `_forward_layers`'s packed
+        weights of this step (bf16), read by the input-gradient GEMMs."""
         nl = net.nl
         top = nl - 1 if top is None else top
         nt = threads.get_num_threads()
@@ -131,7 +139,9 @@ class NumbaLayeredMixin(Backend):
                 )  # fmt: skip
             src = x if l == 0 else tape.ins[l - 1]
             d_prev = None  # dX first: an update fused into the dW GEMM changes W[l]
-            if l > 0:
+            if l > 0 and wts is not None and wts[l] is not None:
+                d_prev = matmul(d, False, weights[l], False, ds[l - 1], nthreads=nt, bp=wts[l])
+            elif l > 0:
                 d_prev = matmul(d, False, weights[l], False, ds[l - 1], nthreads=nt)
             elif need_dx:
                 d_prev = matmul(d, False, weights[l], False, dx, nthreads=nt)
@@ -196,12 +206,15 @@ class NumbaLayeredMixin(Backend):
             if nl > 1:
                 fused = self._layered_backward(net, tape, ds, wgrads, bgrads, None, False,
                                                plan, top=nl - 2)  # fmt: skip
-        else:
-            self._forward_layers(net, weights, biases, x, alpha, pattern, marr, ws, nl, precision)
+        else:  # bf16: the forward packs each weight for its input gradient too (one step)
+            wts = None if f32 or self._bf16_kernels() is None else [None] * nl
+            self._forward_layers(net, weights, biases, x, alpha, pattern, marr, ws, nl, precision,
+                                 wts)  # fmt: skip
             loss, _ = self.softmax_cross_entropy(ins[-1], labels, grad_out=ds[-1])
             if logits_out is not None:
                 logits_out[...] = ins[-1]
-            fused = self._layered_backward(net, tape, ds, wgrads, bgrads, None, False, plan)
+            fused = self._layered_backward(net, tape, ds, wgrads, bgrads, None, False, plan,
+                                           wts=wts)  # fmt: skip
         rest = plan.rest.get(tuple(fused))
         if rest is None:
             keep = [i for i in range(2 * nl) if i >= nl or not fused[i]]
