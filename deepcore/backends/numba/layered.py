@@ -85,6 +85,8 @@ class NumbaLayeredMixin(Backend):
             if wts is not None and l > 0:
                 wts[l] = kw["wt"] = self._bf16_wt(f"wt{l}", x.shape[0], weights[l], nt)
             if not matmul_fused(src, False, weights[l], True, zs[l], nt, fe=fe, **kw):
+                if wts is not None:  # the kernel did not run: nothing was packed
+                    wts[l] = None
                 self._bias_act(zs[l], biases[l], net.acts[l], alpha, outs[l], zs[l])
             if pattern[l]:
                 np.multiply(outs[l], marr[l], out=ins[l])
@@ -206,7 +208,7 @@ class NumbaLayeredMixin(Backend):
             if nl > 1:
                 fused = self._layered_backward(net, tape, ds, wgrads, bgrads, None, False,
                                                plan, top=nl - 2)  # fmt: skip
-        else:  # bf16: the forward packs each weight for its input gradient too (one step)
+        else:  # (bf16: the forward also packs each large weight for its input gradient)
             wts = None if f32 or self._bf16_kernels() is None else [None] * nl
             self._forward_layers(net, weights, biases, x, alpha, pattern, marr, ws, nl, precision,
                                  wts)  # fmt: skip
